@@ -1,0 +1,415 @@
+"""Typed run configuration: one dataclass per concern, YAML presets, ``key.sub=value`` overrides.
+
+Every field carries its documentation in ``metadata["doc"]``; ``train.py --help`` and the config
+table in the README are generated from it (``python -m gpt.config --markdown``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from gpt.errors import UserError
+
+PRESET_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs")
+
+
+def doc(default: Any, text: str) -> Any:
+    """A dataclass field with a default value and its documentation."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass
+class ModelConfig:
+    """Model architecture. The checkpoint stores it, and sampling rebuilds the model from it."""
+
+    kind: Literal["gpt", "bigram"] = doc("gpt", "'gpt' (the transformer) or 'bigram' (the lecture's baseline).")
+    n_layer: int = doc(4, "Number of transformer blocks.")
+    n_head: int = doc(4, "Attention heads per block; must divide n_embd.")
+    n_embd: int = doc(128, "Width of the residual stream.")
+    block_size: int = doc(64, "Context length in tokens.")
+    dropout: float = doc(0.0, "Dropout probability on attention weights, residual branches and embeddings.")
+    bias: bool = doc(True, "Biases in Linear layers and LayerNorms (False is slightly faster).")
+    vocab_size: int = doc(0, "Vocabulary size; 0 takes it from the tokenizer of the data.")
+
+
+@dataclass
+class DataConfig:
+    """Where the token files are and how they were made."""
+
+    dataset: str = doc(
+        "shakespeare_char",
+        "Folder under data.root with train/val token files and tokenizer.json. The built-in "
+        "'shakespeare_char' and 'shakespeare_gpt2' are prepared from the bundled text when missing.",
+    )
+    root: str = doc("data", "Directory that holds prepared datasets.")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: batch, schedule, precision, and how often to evaluate and save."""
+
+    max_steps: int = doc(2000, "Number of optimizer steps.")
+    batch_size: int = doc(
+        32, "Global batch per optimizer step, in sequences, summed over processes and accumulation steps."
+    )
+    micro_batch_size: int = doc(
+        32,
+        "Sequences per forward pass per process. Accumulation steps = batch_size / (micro_batch_size * "
+        "processes), derived at start-up.",
+    )
+    learning_rate: float = doc(2e-3, "Peak learning rate, reached at the end of warm-up.")
+    min_lr: float = doc(2e-4, "Learning rate at the end of the cosine decay.")
+    warmup_steps: int = doc(100, "Steps of linear warm-up from 0 to learning_rate.")
+    weight_decay: float = doc(0.1, "AdamW weight decay, applied to matrices (not biases, norms or ...).")
+    beta1: float = doc(0.9, "AdamW beta1.")
+    beta2: float = doc(0.99, "AdamW beta2.")
+    grad_clip: float = doc(1.0, "Clip the global gradient norm to this value; 0 disables clipping.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = doc(
+        "no", "Autocast precision through accelerate: 'no', 'bf16' (CPU and GPU) or 'fp16' (GPU only)."
+    )
+    compile: bool = doc(False, "Wrap the model in torch.compile.")
+    log_interval: int = doc(50, "Log train loss, learning rate and throughput every this many steps.")
+    eval_interval: int = doc(500, "Evaluate train and val loss every this many steps (and at the end).")
+    eval_windows: int = doc(
+        256, "Windows of block_size tokens per split in each evaluation, shared out over processes."
+    )
+    checkpoint_interval: int = doc(1000, "Save a resumable checkpoint every this many steps (and at the end).")
+    keep_last: int = doc(2, "Number of most recent checkpoints to keep; older ones are deleted.")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases logging (only the main process talks to W&B)."""
+
+    mode: Literal["auto", "online", "offline", "disabled"] = doc(
+        "auto",
+        "'auto': online when credentials are present, else offline (sync later with `wandb sync`). "
+        "WANDB_MODE, when set, wins over 'auto'.",
+    )
+    project: str = doc("gpt", "W&B project.")
+    entity: str = doc("", "W&B entity (user or team); empty uses your default.")
+    name: str = doc("", "Run name; empty uses the out_dir's folder name.")
+    group: str = doc("", "Run group, e.g. to gather a sweep.")
+    tags: list[str] = doc([], "Run tags, comma-separated on the command line.")
+    notes: str = doc("", "Free-text notes for the run.")
+
+
+@dataclass
+class Config:
+    """A training run."""
+
+    out_dir: str = doc("out/default", "Run directory: checkpoints, exported model, metrics, W&B files.")
+    seed: int = doc(1337, "Seed for initialisation, data order and dropout.")
+    resume: Literal["auto", "true", "false"] = doc(
+        "auto",
+        "'auto': continue from the newest complete checkpoint in out_dir if there is one; 'true': "
+        "require one; 'false': start fresh (refused if out_dir already holds checkpoints).",
+    )
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class SampleConfig:
+    """Text generation from a trained model (sample.py)."""
+
+    out_dir: str = doc(
+        "out/default", "Run directory to sample from (its newest checkpoint), or a checkpoint or model folder."
+    )
+    start: str = doc("\n", "Prompt text, or FILE:path to read it from a file.")
+    num_samples: int = doc(3, "Number of samples, generated together as one batch.")
+    max_new_tokens: int = doc(500, "Tokens to generate per sample.")
+    temperature: float = doc(0.8, "Softmax temperature; 0 picks the most likely token (greedy).")
+    top_k: int = doc(0, "Sample only from the k most likely tokens; 0 disables.")
+    top_p: float = doc(1.0, "Nucleus sampling: the smallest set of tokens whose probability reaches p; 1 disables.")
+    seed: int = doc(1337, "Random seed; the same seed gives the same samples.")
+    device: str = doc("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
+        "auto", "Weights and activations dtype; 'auto' is bfloat16 on a GPU that supports it, else float32."
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading presets and overrides
+
+
+def _is_section(tp: Any) -> bool:
+    return dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "|".join(str(a) for a in get_args(tp))
+    if get_origin(tp) is list:
+        return f"list[{get_args(tp)[0].__name__}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(key: str, value: Any, tp: Any, from_cli: bool) -> Any:
+    """Check or convert one value to the field's type, with one clear error when it doesn't fit."""
+
+    def fail(expected: str) -> UserError:
+        return UserError(f"config key '{key}' expects {expected}, got {value!r}")
+
+    origin = get_origin(tp)
+    if origin is Literal:
+        choices = get_args(tp)
+        if str(value).lower() in [str(c) for c in choices]:
+            return str(value).lower()
+        raise fail("one of " + ", ".join(repr(c) for c in choices))
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise fail("a list")
+        return [_convert(key, v, item_tp, from_cli) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise fail("true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise fail("an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise fail("an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise fail("a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise fail("a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if from_cli:
+            return str(value)
+        raise fail("a string")
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _fields(section: Any) -> dict[str, tuple[dataclasses.Field, Any]]:
+    hints = get_type_hints(type(section))
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(section)}
+
+
+def _set(cfg: Config, dotted: str, value: Any, from_cli: bool) -> None:
+    node: Any = cfg
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        fields = _fields(node)
+        prefix = ".".join(parts[:depth])
+        if part not in fields:
+            known = [f"{prefix}.{n}" if prefix else n for n in fields]
+            close = difflib.get_close_matches(dotted, _all_keys(), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "valid keys here: " + ", ".join(known)
+            raise UserError(f"unknown config key '{dotted}': {hint} (see train.py --help)")
+        _, tp = fields[part]
+        last = depth == len(parts) - 1
+        if _is_section(tp):
+            if last:
+                if not isinstance(value, dict):
+                    raise UserError(f"config key '{dotted}' is a section; set its keys, e.g. {dotted}.KEY=VALUE")
+                for sub_key, sub_value in value.items():
+                    _set(cfg, f"{dotted}.{sub_key}", sub_value, from_cli)
+                return
+            node = getattr(node, part)
+        else:
+            if not last:
+                raise UserError(f"unknown config key '{dotted}': '{'.'.join(parts[: depth + 1])}' is not a section")
+            setattr(node, part, _convert(dotted, value, tp, from_cli))
+
+
+def _all_keys(section: Any = None, prefix: str = "") -> list[str]:
+    section = Config() if section is None else section
+    keys = []
+    for name, (_, tp) in _fields(section).items():
+        if _is_section(tp):
+            keys += _all_keys(getattr(section, name), f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def find_preset(name: str) -> Path:
+    """A preset by path (``configs/x.yaml``) or by name (``x``), looked up in ``configs/``."""
+    candidates = [Path(name)] + [d / f"{name}.yaml" for d in PRESET_DIRS]
+    for path in candidates:
+        if path.is_file():
+            return path
+    available = sorted({p.stem for d in PRESET_DIRS if d.is_dir() for p in d.glob("*.yaml")})
+    raise UserError(f"no config preset '{name}': give a YAML path or one of {', '.join(available)}")
+
+
+def load_config(args: list[str]) -> Config:
+    """Build a Config from ``[PRESET] [key.sub=value ...]``: defaults, then the preset, then overrides."""
+    cfg = Config()
+    overrides = []
+    for i, arg in enumerate(args):
+        if "=" in arg:
+            key, value = arg.split("=", 1)
+            overrides.append((key.strip().lstrip("-"), value))
+        elif i == 0:
+            path = find_preset(arg)
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as e:
+                raise UserError(f"config preset {path} is not valid YAML: {e}") from None
+            if not isinstance(data, dict):
+                raise UserError(f"config preset {path} must be a mapping of keys to values")
+            for key, value in data.items():
+                _set(cfg, key, value, from_cli=False)
+        else:
+            raise UserError(f"unexpected argument '{arg}': overrides look like key.sub=value (see --help)")
+    for key, value in overrides:
+        _set(cfg, key, yaml.safe_load(value) if value.strip() else "", from_cli=True)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type alone can't express."""
+    m, t = cfg.model, cfg.train
+    positive = {
+        "model.n_layer": m.n_layer, "model.n_head": m.n_head, "model.n_embd": m.n_embd,
+        "model.block_size": m.block_size, "train.max_steps": t.max_steps, "train.batch_size": t.batch_size,
+        "train.micro_batch_size": t.micro_batch_size, "train.log_interval": t.log_interval,
+        "train.eval_interval": t.eval_interval, "train.eval_windows": t.eval_windows,
+        "train.checkpoint_interval": t.checkpoint_interval, "train.keep_last": t.keep_last,
+    }  # fmt: skip
+    for key, value in positive.items():
+        if value <= 0:
+            raise UserError(f"config key '{key}' must be positive, got {value}")
+    if m.n_embd % m.n_head:
+        raise UserError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
+    if not 0.0 <= m.dropout < 1.0:
+        raise UserError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    if m.vocab_size < 0:
+        raise UserError(f"model.vocab_size must be 0 (from the tokenizer) or positive, got {m.vocab_size}")
+    if t.batch_size % t.micro_batch_size:
+        raise UserError(
+            f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch_size ({t.micro_batch_size})"
+        )
+    if t.learning_rate <= 0 or t.min_lr < 0 or t.min_lr > t.learning_rate:
+        raise UserError(
+            f"need 0 <= train.min_lr <= train.learning_rate and learning_rate > 0, "
+            f"got min_lr={t.min_lr}, learning_rate={t.learning_rate}"
+        )
+    if t.warmup_steps < 0:
+        raise UserError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain nested dict (for YAML, JSON and W&B)."""
+    return dataclasses.asdict(cfg)
+
+
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Rebuild a ModelConfig from a checkpoint's JSON, refusing unknown fields."""
+    cfg = ModelConfig()
+    for key, value in data.items():
+        try:
+            _set_section(cfg, key, value, "model.")
+        except UserError as e:
+            raise UserError(f"{e} (in a saved model config)") from None
+    return cfg
+
+
+def _set_section(section: Any, key: str, value: Any, prefix: str) -> None:
+    fields = _fields(section)
+    if key not in fields:
+        raise UserError(f"unknown config key '{prefix}{key}'")
+    setattr(section, key, _convert(f"{prefix}{key}", value, fields[key][1], from_cli=isinstance(value, str)))
+
+
+def parse_flags(section_type: type, argv: list[str], prog: str, description: str) -> Any:
+    """Parse ``--name value`` flags into a dataclass, the ``--help`` text coming from the field docs."""
+    import argparse
+
+    defaults = section_type()
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for name, (f, tp) in _fields(defaults).items():
+        parser.add_argument(
+            f"--{name}", default=None, metavar=_type_name(tp).upper(),
+            help=f"{f.metadata['doc']} (default: {getattr(defaults, name)!r})",
+        )  # fmt: skip
+    args = parser.parse_args(argv)
+    for name, value in vars(args).items():
+        if value is not None:
+            _set_section(defaults, name, value, prefix="--")
+    return defaults
+
+
+# ----------------------------------------------------------------------------------------------
+# Documentation generated from the dataclasses
+
+
+def reference_rows(section: Any = None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, doc) for every config key, in declaration order."""
+    section = Config() if section is None else section
+    rows = []
+    for name, (f, tp) in _fields(section).items():
+        value = getattr(section, name)
+        if _is_section(tp):
+            rows += reference_rows(value, f"{prefix}{name}.")
+        else:
+            shown = ",".join(value) if isinstance(value, list) else value
+            rows.append((prefix + name, _type_name(tp), repr(shown), f.metadata["doc"]))
+    return rows
+
+
+def help_text(program: str) -> str:
+    lines = [
+        f"usage: {program} [PRESET] [key.sub=value ...]",
+        "",
+        "PRESET is a YAML file or the name of one in configs/ (e.g. shakespeare_char).",
+        "Keys and defaults (a preset overrides defaults, command-line overrides win over both):",
+        "",
+    ]
+    for key, tp, default, text in reference_rows():
+        lines.append(f"  {key} ({tp}, default {default})")
+        lines.append(f"      {text}")
+    return "\n".join(lines)
+
+
+def markdown_table() -> str:
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for key, tp, default, text in reference_rows():
+        escaped_type = tp.replace("|", " \\| ")
+        rows.append(f"| `{key}` | {escaped_type} | `{default}` | {text} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    if "--markdown" in sys.argv:
+        print(markdown_table())
+    else:
+        print(help_text("python -m gpt.config"))
