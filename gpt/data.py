@@ -1,0 +1,301 @@
+"""Token files and the deterministic batch stream that training reads from them.
+
+A token file is a 256-byte header followed by the tokens as little-endian uint16 (or uint32 when the
+vocabulary has more than 65,535 entries):
+
+    offset  size  field
+    0       8     magic b"GPTTOKEN"
+    8       4     format version (1)
+    12      4     bytes per token (2 or 4)
+    16      8     number of tokens
+    24      4     vocabulary size
+    28      4     length of the tokenizer identity in bytes
+    32      224   tokenizer identity (UTF-8, zero padded)
+
+Training reads the tokens through ``np.memmap``: only the windows a batch needs are paged in.
+
+The batch stream is a pure function of (seed, step): optimizer step ``s`` consumes a global batch of
+``batch_size`` windows drawn with a generator seeded by (seed, s), and every process takes a
+disjoint slice of it for each of its accumulation steps. The same run therefore sees the same data
+whatever the number of processes and accumulation steps, and resuming at step s needs nothing but s.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpt.errors import UserError
+
+MAGIC = b"GPTTOKEN"
+VERSION = 1
+HEADER_SIZE = 256
+_FIXED = struct.Struct("<8sIIQII")  # magic, version, itemsize, num_tokens, vocab_size, identity length
+MAX_IDENTITY = HEADER_SIZE - _FIXED.size
+_EVAL_STREAM = 0x6576616C  # separates the eval windows' random stream from the training one
+
+
+def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def _header(itemsize: int, num_tokens: int, vocab_size: int, identity: str) -> bytes:
+    ident = identity.encode("utf-8")
+    if len(ident) > MAX_IDENTITY:
+        raise ValueError(f"tokenizer identity longer than {MAX_IDENTITY} bytes: {identity!r}")
+    head = _FIXED.pack(MAGIC, VERSION, itemsize, num_tokens, vocab_size, len(ident)) + ident
+    return head.ljust(HEADER_SIZE, b"\0")
+
+
+class TokenFileWriter:
+    """Writes a token file incrementally; the file appears under its name only once it is complete.
+
+    Tokens go to ``<path>.partial``; ``close()`` writes the final count into the header, flushes and
+    renames, so an interrupted writer never leaves a file that looks whole.
+    """
+
+    def __init__(self, path: str | Path, vocab_size: int, identity: str):
+        self.path = Path(path)
+        self.dtype = dtype_for_vocab(vocab_size)
+        self.vocab_size = vocab_size
+        self.identity = identity
+        self.num_tokens = 0
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.partial, "wb")  # noqa: SIM115 (closed by close() or abort())
+        self.file.write(_header(self.dtype.itemsize, 0, vocab_size, identity))
+
+    def write(self, tokens: np.ndarray | list[int]) -> None:
+        arr = np.asarray(tokens)
+        if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got {arr.min()}..{arr.max()}")
+        self.file.write(arr.astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
+        self.num_tokens += arr.size
+
+    def close(self) -> Path:
+        self.file.seek(0)
+        self.file.write(_header(self.dtype.itemsize, self.num_tokens, self.vocab_size, self.identity))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self.file.close()
+        self.partial.unlink(missing_ok=True)
+
+    def __enter__(self) -> TokenFileWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_token_file(path: str | Path, tokens: np.ndarray | list[int], vocab_size: int, identity: str) -> Path:
+    with TokenFileWriter(path, vocab_size, identity) as w:
+        w.write(tokens)
+    return Path(path)
+
+
+class TokenFile:
+    """A token file opened for reading: header checked, tokens memory-mapped."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as f:
+                head = f.read(HEADER_SIZE)
+        except FileNotFoundError:
+            raise UserError(f"token file {self.path} does not exist") from None
+        if len(head) < _FIXED.size or head[:8] != MAGIC:
+            raise UserError(f"{self.path} is not a token file (bad magic); re-create it with `python -m gpt.prepare`")
+        _, version, itemsize, num_tokens, vocab_size, ident_len = _FIXED.unpack_from(head)
+        if version != VERSION:
+            raise UserError(f"{self.path} has token-file format version {version}; this gpt reads version {VERSION}")
+        if itemsize not in (2, 4) or ident_len > MAX_IDENTITY:
+            raise UserError(f"{self.path} has a corrupt header; re-create it with `python -m gpt.prepare`")
+        expected = HEADER_SIZE + num_tokens * itemsize
+        if size != expected:
+            raise UserError(
+                f"{self.path} holds {size} bytes but its header promises {num_tokens} tokens ({expected} bytes): "
+                "the file is truncated or corrupt; re-create it with `python -m gpt.prepare`"
+            )
+        self.num_tokens = num_tokens
+        self.vocab_size = vocab_size
+        self.identity = head[_FIXED.size : _FIXED.size + ident_len].decode("utf-8", errors="replace")
+        self.dtype = np.dtype("<u2") if itemsize == 2 else np.dtype("<u4")
+        self._map: np.memmap | None = None
+
+    @property
+    def tokens(self) -> np.ndarray:
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=self.dtype, mode="r", offset=HEADER_SIZE, shape=(self.num_tokens,))
+        return self._map
+
+    def release(self) -> None:
+        """Drop the mapping so the pages it brought in stop counting against this process."""
+        self._map = None
+
+    def __len__(self) -> int:
+        return self.num_tokens
+
+
+class TokenStream:
+    """One or more token files read as a single sequence of tokens."""
+
+    def __init__(self, paths: list[Path]):
+        if not paths:
+            raise UserError("no token files given")
+        self.files = [TokenFile(p) for p in paths]
+        first = self.files[0]
+        for f in self.files[1:]:
+            if f.identity != first.identity or f.vocab_size != first.vocab_size:
+                raise UserError(
+                    f"{f.path} was made by tokenizer {f.identity!r} (vocabulary {f.vocab_size}) but "
+                    f"{first.path} by {first.identity!r} (vocabulary {first.vocab_size}); prepare them together"
+                )
+        self.identity = first.identity
+        self.vocab_size = first.vocab_size
+        self.offsets = np.cumsum([0] + [len(f) for f in self.files])  # start of each file in the stream
+        self._reads = 0
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def window(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) of the stream as int64, crossing file boundaries if needed."""
+        out = np.empty(length, dtype=np.int64)
+        i = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        filled = 0
+        while filled < length:
+            local = start + filled - int(self.offsets[i])
+            piece = self.files[i].tokens[local : local + length - filled]
+            out[filled : filled + len(piece)] = piece
+            filled += len(piece)
+            i += 1
+        return out
+
+    def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """A (len(starts), length) int64 array of windows."""
+        self._reads += 1
+        if self._reads % 1000 == 0:  # keep resident memory flat on long runs over large files
+            for f in self.files:
+                f.release()
+        if len(self.files) == 1:  # one gather instead of a Python loop over windows
+            index = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(length)
+            return self.files[0].tokens[index].astype(np.int64)
+        return np.stack([self.window(int(s), length) for s in starts]).reshape(len(starts), length)
+
+    def check_fits(self, block_size: int) -> None:
+        if len(self) < block_size + 1:
+            raise UserError(
+                f"{self.files[0].path.parent} has only {len(self)} tokens in this split but model.block_size is "
+                f"{block_size}: need at least block_size + 1 tokens; use a longer corpus or a smaller block_size"
+            )
+
+
+def split_files(folder: str | Path, split: str) -> list[Path]:
+    """The token files of one split in a dataset folder: ``<split>.tok`` or shards ``<split>-*.tok``."""
+    folder = Path(folder)
+    return sorted(folder.glob(f"{split}.tok")) + sorted(folder.glob(f"{split}-*.tok"))
+
+
+def step_window_starts(seed: int, step: int, batch_size: int, num_tokens: int, block_size: int) -> np.ndarray:
+    """Start offsets of the global batch of optimizer step ``step``: a pure function of its arguments."""
+    rng = np.random.default_rng((seed, step))
+    return rng.integers(0, num_tokens - block_size, size=batch_size)
+
+
+def eval_window_starts(seed: int, split: int, n_windows: int, num_tokens: int, block_size: int) -> np.ndarray:
+    """The fixed windows every evaluation of a run uses for one split."""
+    rng = np.random.default_rng((seed, _EVAL_STREAM, split))
+    return rng.integers(0, num_tokens - block_size, size=n_windows)
+
+
+def to_inputs_targets(windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows of block_size + 1 tokens -> inputs (B, T) and next-token targets (B, T)."""
+    w = torch.from_numpy(windows)
+    return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+
+class BatchStream:
+    """Micro-batches for one process, step after step, built ahead of time on a background thread.
+
+    Yields ``(x, y)`` for micro-step ``m`` of step ``s`` in order (s, m) from ``start_step`` on.
+    Process ``rank`` of ``world`` takes windows ``[(m * world + rank) * b, ... + b)`` of the step's
+    global batch, so every window is used once per step and no two processes share one.
+    """
+
+    def __init__(
+        self,
+        stream: TokenStream,
+        *,
+        seed: int,
+        block_size: int,
+        batch_size: int,
+        micro_batch_size: int,
+        rank: int,
+        world: int,
+        start_step: int,
+        pin_memory: bool = False,
+        prefetch: int = 4,
+    ):
+        self.stream = stream
+        self.seed, self.block_size = seed, block_size
+        self.batch_size, self.micro = batch_size, micro_batch_size
+        self.rank, self.world = rank, world
+        self.accum = batch_size // (micro_batch_size * world)
+        self.pin_memory = pin_memory
+        self.step = start_step
+        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(start_step,), daemon=True)
+        self._thread.start()
+
+    def micro_batch(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = step_window_starts(self.seed, step, self.batch_size, len(self.stream), self.block_size)
+        lo = (micro_step * self.world + self.rank) * self.micro
+        x, y = to_inputs_targets(self.stream.windows(starts[lo : lo + self.micro], self.block_size + 1))
+        if self.pin_memory:
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
+
+    def _fill(self, step: int) -> None:
+        try:
+            while not self._stop.is_set():
+                for m in range(self.accum):
+                    item = self.micro_batch(step, m)
+                    while not self._stop.is_set():
+                        try:
+                            self._queue.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                step += 1
+        except BaseException as e:  # surface loader errors in the training thread
+            self._queue.put(e)
+
+    def next_step(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The ``accum`` micro-batches of the next optimizer step."""
+        for _ in range(self.accum):
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+        self.step += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
