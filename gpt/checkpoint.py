@@ -1,0 +1,260 @@
+"""Resumable checkpoints and the portable model export, written atomically and checked on load.
+
+Layout of a run directory::
+
+    out_dir/checkpoints/step-0002000/      one complete checkpoint
+        model.safetensors                  weights, plain parameter names (no DDP/compile prefixes)
+        optimizer.bin, scaler.pt, random_states_<rank>.pkl   accelerate's save_state (tensors only)
+        trainer_state.json                 step, config, W&B run id, metrics
+        model/                             the portable export that sample.py reads
+            model.safetensors  config.json  tokenizer.json
+        manifest.json                      size and sha256 of every file; written last
+    out_dir/checkpoints/latest             name of the newest complete checkpoint
+
+A checkpoint is written under a temporary name and renamed into place once its manifest is on disk,
+and ``latest`` moves only after that, so a crash during a save leaves the previous checkpoint usable.
+Loading never unpickles: weights are safetensors, metadata is JSON, and accelerate loads the
+optimizer, scaler and RNG files with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from gpt.config import ModelConfig, model_config_from_dict, to_dict
+from gpt.errors import UserError
+from gpt.model import build_model
+from gpt.tokenizer import Tokenizer, load_tokenizer, save_tokenizer
+
+WEIGHTS = "model.safetensors"
+MANIFEST = "manifest.json"
+TRAINER_STATE = "trainer_state.json"
+EXPORT_DIR = "model"
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile
+
+
+def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes so weights load into a plain model, and make tensors contiguous on CPU."""
+    out = {}
+    for key, tensor in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+            key = key.replace("._orig_mod.", ".")
+        out[key] = tensor.detach().to("cpu").contiguous()
+    return out
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Record size and hash of every file; its presence marks the checkpoint complete."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    _atomic_write_text(folder / MANIFEST, json.dumps({"files": entries}, indent=1))
+
+
+def verify(folder: Path, only: str | None = None) -> None:
+    """Check the manifest (of the whole checkpoint, or of files under ``only``); name what is wrong."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise UserError(f"checkpoint {folder} is incomplete (no {MANIFEST}); it was interrupted while saving")
+    try:
+        entries = json.loads(manifest.read_text())["files"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise UserError(f"checkpoint {folder} has a corrupt {MANIFEST} ({e})") from None
+    for name, meta in entries.items():
+        if only is not None and not name.startswith(only):
+            continue
+        path = folder / name
+        if not path.is_file():
+            raise UserError(f"checkpoint file {path} is missing")
+        if path.stat().st_size != meta["bytes"]:
+            raise UserError(
+                f"checkpoint file {path} is truncated or corrupt: {path.stat().st_size} bytes, expected {meta['bytes']}"
+            )
+        if _sha256(path) != meta["sha256"]:
+            raise UserError(f"checkpoint file {path} is corrupt: its sha256 does not match {folder / MANIFEST}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding checkpoints
+
+
+def checkpoints_dir(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def complete_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (those with a manifest), oldest first."""
+    root = checkpoints_dir(out_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and (p / MANIFEST).is_file())
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint, following ``latest`` when it points at a complete one."""
+    root = checkpoints_dir(out_dir)
+    pointer = root / "latest"
+    if pointer.is_file():
+        target = root / pointer.read_text().strip()
+        if (target / MANIFEST).is_file():
+            newer = [p for p in complete_checkpoints(out_dir) if p.name > target.name]
+            return newer[-1] if newer else target
+    found = complete_checkpoints(out_dir)
+    return found[-1] if found else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def begin_save(out_dir: str | Path, step: int) -> Path:
+    """A fresh temporary folder for the checkpoint of ``step`` (call on the main process only)."""
+    tmp = checkpoints_dir(out_dir) / f".tmp-{step_dir_name(step)}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_export(folder: Path, weights_file: Path, model_cfg: ModelConfig, tokenizer: Tokenizer, meta: dict) -> None:
+    """The portable model: weights (hard link to the resume weights when possible), config, tokenizer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(weights_file, folder / WEIGHTS)
+    except OSError:
+        shutil.copyfile(weights_file, folder / WEIGHTS)
+    config = {"model": to_dict(model_cfg), "tokenizer": tokenizer.identity, **meta}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    save_tokenizer(tokenizer, folder / "tokenizer.json")
+
+
+def finish_save(tmp: Path, out_dir: str | Path, step: int, trainer_state: dict, keep_last: int) -> Path:
+    """Write metadata and manifest, rename into place, move ``latest``, delete old checkpoints."""
+    (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
+    write_manifest(tmp)
+    final = checkpoints_dir(out_dir) / step_dir_name(step)
+    if final.exists():  # a checkpoint of the same step from an earlier attempt: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _atomic_write_text(checkpoints_dir(out_dir) / "latest", final.name + "\n")
+    for old in complete_checkpoints(out_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    save_file(clean_state_dict(state), str(path), metadata={"format": "pt"})
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_trainer_state(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / TRAINER_STATE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"checkpoint {folder} has an unreadable {TRAINER_STATE} ({e})") from None
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"cannot read weights {path}: {e}; the file is corrupt or not a safetensors file") from None
+
+
+def load_into(model: torch.nn.Module, path: Path) -> None:
+    """Load safetensors weights into a plain model, strictly, with one clear error on mismatch."""
+    state = load_weights(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0:3]
+        raise UserError(f"weights in {path} do not fit the model: {' '.join(first)}") from None
+
+
+def resolve_export(path: str | Path) -> Path:
+    """The export folder for a run directory, a checkpoint folder, or an export folder itself."""
+    path = Path(path)
+    if (path / "config.json").is_file() and (path / WEIGHTS).is_file():
+        return path
+    if (path / EXPORT_DIR / "config.json").is_file():
+        return path / EXPORT_DIR
+    latest = latest_checkpoint(path)
+    if latest is not None:
+        return latest / EXPORT_DIR
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass the out_dir of a training run (e.g. --out_dir out/default)")
+    raise UserError(f"no checkpoint in {path}; train first (python train.py out_dir={path}) or pass another --out_dir")
+
+
+def load_exported(path: str | Path) -> tuple[torch.nn.Module, Tokenizer, dict[str, Any]]:
+    """A plain model (eval mode, CPU, fp32), its tokenizer and its metadata, from an export."""
+    folder = resolve_export(path)
+    if (folder.parent / MANIFEST).is_file():
+        verify(folder.parent, only=EXPORT_DIR + "/")
+    try:
+        meta = json.loads((folder / "config.json").read_text())
+        model_cfg = model_config_from_dict(meta["model"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{folder / 'config.json'} is not a valid model config ({e})") from None
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    if tokenizer.identity != meta.get("tokenizer") or tokenizer.vocab_size > model_cfg.vocab_size:
+        raise UserError(
+            f"{folder / 'tokenizer.json'} ({tokenizer.identity}) is not the tokenizer this model was trained with "
+            f"({meta.get('tokenizer')})"
+        )
+    model = build_model(model_cfg)
+    load_into(model, folder / WEIGHTS)
+    model.eval()
+    return model, tokenizer, meta
+
+
+def check_same_model(saved: dict[str, Any], current: ModelConfig, folder: Path) -> None:
+    """Refuse to resume into a model of another shape, naming the field that differs."""
+    now = to_dict(current)
+    for key in ("kind", "n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size"):
+        if saved.get(key) != now.get(key):
+            raise UserError(
+                f"cannot resume from {folder}: model.{key} is {saved.get(key)!r} in the checkpoint but "
+                f"{now.get(key)!r} now; use the checkpoint's value or another out_dir"
+            )
+
+
+def model_config_of(folder: Path) -> ModelConfig:
+    return model_config_from_dict(read_trainer_state(folder)["config"]["model"])
