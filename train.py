@@ -1,0 +1,42 @@
+"""Train a GPT with accelerate.
+
+    accelerate launch train.py                                  # the CPU-sized default on Tiny Shakespeare
+    accelerate launch train.py shakespeare_char                 # the lecture's GPU model (configs/*.yaml)
+    accelerate launch train.py model.n_layer=6 train.max_steps=5000 out_dir=out/deeper
+    accelerate launch --config_file launch/single_node.yaml train.py gpt2_owt
+    python train.py ...                                         # one process, no launcher needed
+    python train.py --help                                      # every config key
+
+Checkpoints, the exported model, metrics.jsonl and W&B files go to out_dir; run it again and it
+continues from the newest checkpoint there. Then: python sample.py --out_dir OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from gpt.config import help_text, load_config
+from gpt.errors import UserError
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print(help_text("train.py"))
+        return 0
+    cfg = load_config(argv)
+    from gpt.trainer import train  # after the config is known good: a typo fails fast, before torch loads
+
+    result = train(cfg)
+    if result.is_main_process:
+        val = result.metrics.get("eval/val/loss", float("nan"))
+        print(f"done: step {result.step}, val loss {val:.4f}; sample with: python sample.py --out_dir {cfg.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
