@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny prepared corpus and helpers to run the entry scripts as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpt.prepare import prepare_text
+from gpt.tokenizer import ASSETS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A model and schedule small enough for a few seconds on two CPU cores.
+TINY = [
+    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
+    "train.batch_size=8", "train.micro_batch_size=8", "train.max_steps=20", "train.warmup_steps=5",
+    "train.log_interval=5", "train.eval_interval=10", "train.eval_windows=16", "train.checkpoint_interval=10",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def shakespeare() -> str:
+    return (ASSETS / "tinyshakespeare.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory, shakespeare) -> Path:
+    """data_root/tiny: the first 40,000 characters of Tiny Shakespeare, character-level."""
+    root = tmp_path_factory.mktemp("data")
+    prepare_text(shakespeare[:40_000], root / "tiny", "char")
+    return root
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = dict(os.environ)
+    e.update({"WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    e.pop("WANDB_API_KEY", None)
+    e.update(extra)
+    return e
+
+
+def run_script(script: str, *args: str, cwd: Path | None = None, timeout: float = 300, **extra_env: str):
+    """Run train.py / sample.py with this interpreter; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env(**extra_env), capture_output=True,
+        text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def accelerate_launch(*args: str, cwd: Path | None = None, timeout: float = 300, **extra_env: str):
+    """``accelerate launch`` with the given launcher arguments (e.g. --config_file launch/cpu_multiprocess.yaml)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env(**extra_env), capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,135 @@
+"""Each bad input gives one clear line on stderr, a non-zero exit, and no traceback."""
+
+import numpy as np
+import pytest
+
+from gpt.prepare import main as prepare_main
+
+from conftest import TINY, run_script
+
+
+def assert_clean_error(r, *fragments):
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, r.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_unknown_config_key(tmp_path):
+    r = run_script("train.py", "model.n_layers=2", cwd=tmp_path)
+    assert_clean_error(r, "unknown config key 'model.n_layers'", "did you mean 'model.n_layer'")
+
+
+def test_wrong_type(tmp_path):
+    assert_clean_error(run_script("train.py", "train.max_steps=lots", cwd=tmp_path), "expects an integer")
+
+
+def test_missing_token_files_name_the_prepare_command(tmp_path):
+    r = run_script("train.py", *TINY, f"data.root={tmp_path}", "data.dataset=owt", cwd=tmp_path)
+    assert_clean_error(r, f"no token files in {tmp_path / 'owt'}", "python -m gpt.prepare --input")
+
+
+def test_corpus_shorter_than_the_context(tmp_path):
+    assert prepare_main(["--input", str(make_text(tmp_path, "abcdefghij" * 30)), "--out", str(tmp_path / "short")]) == 0
+    r = run_script(
+        "train.py", *TINY, "model.block_size=64", f"data.root={tmp_path}", "data.dataset=short", cwd=tmp_path
+    )
+    assert_clean_error(r, "has only 30 tokens", "block_size is 64")
+
+
+def test_corrupt_token_file_header(tmp_path, data_root):
+    import shutil
+
+    shutil.copytree(data_root / "tiny", tmp_path / "bad")
+    val = tmp_path / "bad" / "val.tok"
+    val.write_bytes(val.read_bytes()[:-100])
+    r = run_script("train.py", *TINY, f"data.root={tmp_path}", "data.dataset=bad", cwd=tmp_path)
+    assert_clean_error(r, str(val), "truncated or corrupt")
+
+
+def test_wrong_magic(tmp_path, data_root):
+    import shutil
+
+    shutil.copytree(data_root / "tiny", tmp_path / "bad")
+    np.arange(1000, dtype=np.uint16).tofile(tmp_path / "bad" / "train.tok")  # a nanoGPT-style bare .bin
+    r = run_script("train.py", *TINY, f"data.root={tmp_path}", "data.dataset=bad", cwd=tmp_path)
+    assert_clean_error(r, "is not a token file")
+
+
+def test_non_utf8_input_says_where(tmp_path, capsys):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("hello\nthere caf\xe9\n".encode("latin-1"))
+    assert prepare_main(["--input", str(path), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "is not UTF-8" in err and "line 2, column 10" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_prompt_with_unknown_characters(tmp_path):
+    from gpt.tokenizer import CharTokenizer
+
+    export = fake_export(tmp_path, CharTokenizer("abc \n"))
+    r = run_script("sample.py", "--out_dir", str(export), "--start", "abc ☃ é")
+    assert_clean_error(r, "2 character(s)", "'é'", "'☃'")
+
+
+def test_sample_without_checkpoint(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = run_script("sample.py", "--out_dir", str(tmp_path / "empty"))
+    assert_clean_error(r, "no checkpoint in", "train first")
+
+
+def test_corrupt_weights_are_named(tmp_path):
+    from gpt.tokenizer import CharTokenizer
+
+    export = fake_export(tmp_path, CharTokenizer("abc \n"))
+    (export / "model.safetensors").write_bytes(b"garbage")
+    r = run_script("sample.py", "--out_dir", str(export))
+    assert_clean_error(r, str(export / "model.safetensors"))
+
+
+def test_starting_fresh_over_a_run_is_refused(tmp_path, data_root):
+    from gpt.checkpoint import MANIFEST
+
+    (tmp_path / "run" / "checkpoints" / "step-0000010").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step-0000010" / MANIFEST).write_text("{}")
+    r = run_script(
+        "train.py",
+        *TINY,
+        f"data.root={data_root}",
+        "data.dataset=tiny",
+        f"out_dir={tmp_path / 'run'}",
+        "resume=false",
+        cwd=tmp_path,
+    )
+    assert_clean_error(r, "already holds checkpoints", "resume=auto")
+
+
+@pytest.mark.parametrize("world", [3])
+def test_indivisible_batch_is_refused_with_the_numbers(world):
+    from gpt.errors import UserError
+    from gpt.trainer import accumulation_steps
+
+    with pytest.raises(UserError, match=r"batch_size \(32\) is not a multiple of .* \(4\) x 3 processes = 12"):
+        accumulation_steps(32, 4, world)
+
+
+def make_text(folder, text):
+    path = folder / "corpus.txt"
+    path.write_text(text)
+    return path
+
+
+def fake_export(folder, tokenizer):
+    """A real export of an untrained model, written the way the trainer writes it."""
+    from gpt.checkpoint import save_weights, write_export
+    from gpt.config import ModelConfig
+    from gpt.model import build_model
+
+    cfg = ModelConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=tokenizer.vocab_size)
+    weights = folder / "w.safetensors"
+    save_weights(build_model(cfg).state_dict(), weights)
+    write_export(folder / "model", weights, cfg, tokenizer, {"step": 0})
+    return folder / "model"

@@ -1,0 +1,78 @@
+import re
+from pathlib import Path
+
+import pytest
+
+from gpt.config import Config, help_text, load_config, markdown_table, reference_rows
+from gpt.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_without_arguments():
+    assert load_config([]) == Config()
+
+
+def test_overrides_are_typed():
+    cfg = load_config(
+        [
+            "model.n_layer=6",
+            "train.learning_rate=3e-4",
+            "model.bias=false",
+            "out_dir=out/x",
+            "wandb.tags=a,b",
+            "train.mixed_precision=BF16",
+        ]
+    )
+    assert cfg.model.n_layer == 6 and cfg.train.learning_rate == 3e-4 and cfg.model.bias is False
+    assert cfg.out_dir == "out/x" and cfg.wandb.tags == ["a", "b"] and cfg.train.mixed_precision == "bf16"
+
+
+def test_preset_then_overrides(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("model:\n  n_layer: 3\n  n_embd: 96\ntrain:\n  max_steps: 7\n")
+    cfg = load_config([str(preset), "model.n_layer=5", "model.n_head=3"])
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.train.max_steps) == (5, 96, 7)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_preset_loads(name):
+    load_config([name])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model.n_layers=4"], "unknown config key 'model.n_layers': did you mean 'model.n_layer'"),
+        (["model.n_layer=four"], "'model.n_layer' expects an integer, got 'four'"),
+        (["model.bias=maybe"], "'model.bias' expects true or false"),
+        (["train.mixed_precision=fp8"], "one of 'no', 'bf16', 'fp16'"),
+        (["model.n_embd=100", "model.n_head=3"], "must be divisible by model.n_head"),
+        (["train.batch_size=30", "train.micro_batch_size=8"], "must be a multiple of train.micro_batch_size"),
+        (["model.dropout=1.5"], "model.dropout must be in"),
+        (["model=3"], "is a section"),
+        (["no_such_preset"], "no config preset 'no_such_preset'"),
+        (["model.n_layer=2", "stray"], "unexpected argument 'stray'"),
+    ],
+)
+def test_bad_config_gives_one_clear_error(args, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config(args)
+
+
+def test_preset_with_unknown_key(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("train:\n  max_step: 7\n")
+    with pytest.raises(UserError, match="did you mean 'train.max_steps'"):
+        load_config([str(preset)])
+
+
+def test_help_lists_every_key_with_its_doc():
+    text = help_text("train.py")
+    for key, _, _default, doc in reference_rows():
+        assert f"{key} (" in text and doc in text
+
+
+def test_readme_config_table_is_up_to_date():
+    readme = (ROOT / "README.md").read_text()
+    assert markdown_table() in readme, "regenerate the README table with: python -m gpt.config --markdown"

@@ -1,0 +1,109 @@
+"""End to end, as a user runs it: train.py, then sample.py, in subprocesses."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpt.checkpoint import latest_checkpoint, load_exported
+
+import wandb_offline
+from conftest import TINY, run_script
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root):
+    """One tiny run with W&B offline, shared by the tests below."""
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    r = run_script(
+        "train.py",
+        *TINY,
+        f"data.root={data_root}",
+        "data.dataset=tiny",
+        f"out_dir={out}",
+        "wandb.mode=offline",
+        "wandb.tags=test,tiny",
+        cwd=out.parent,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out, r
+
+
+def test_training_lowers_the_loss_and_writes_a_checkpoint(trained):
+    out, r = trained
+    logged = metrics(out)
+    losses = [m["train/loss"] for m in logged if "train/loss" in m]
+    assert [m["step"] for m in logged if "train/loss" in m] == [5, 10, 15, 20]
+    assert losses[-1] < losses[0] - 0.3
+    assert latest_checkpoint(out).name == "step-0000020"
+    assert "accumulation steps" in r.stdout and "wandb sync" in r.stdout
+
+
+def test_export_loads_into_a_plain_model(trained):
+    out, _ = trained
+    model, tokenizer, meta = load_exported(out)
+    assert meta["step"] == 20 and meta["model"]["n_layer"] == 2 and tokenizer.vocab_size == model.cfg.vocab_size
+    assert np.isfinite(meta["eval/val/loss"])
+    logits, _ = model(torch.tensor([tokenizer.encode("ROMEO:")]))
+    assert logits.shape == (1, 6, tokenizer.vocab_size)
+
+
+def test_wandb_offline_run_holds_the_logged_losses(trained):
+    out, _ = trained
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    history = wandb_offline.history(run_file)
+    for m in metrics(out):
+        for key in ("train/loss", "eval/val/loss"):
+            if key in m:
+                assert history[m["step"]][key] == pytest.approx(m[key])
+    config = wandb_offline.config(run_file)
+    assert config["model"]["n_layer"] == 2 and config["derived"]["accumulation_steps"] == 1
+    state = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())
+    assert wandb_offline.run_id(run_file) == state["wandb_id"]
+
+
+def test_sample_prints_text(trained):
+    out, _ = trained
+    r = run_script(
+        "sample.py", "--out_dir", str(out), "--max_new_tokens", "60", "--num_samples", "2", "--start", "ROMEO:"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "--- sample 1 of 2 ---\nROMEO:" in r.stdout and "--- sample 2 of 2 ---" in r.stdout
+    assert len(r.stdout) > 2 * 60
+
+
+def test_same_seed_same_samples(trained):
+    out, _ = trained
+    args = ["--out_dir", str(out), "--max_new_tokens", "40", "--seed", "5"]
+    assert run_script("sample.py", *args).stdout == run_script("sample.py", *args).stdout
+
+
+def test_resume_continues_from_the_latest_checkpoint(trained, data_root, tmp_path):
+    src, _ = trained
+    out = tmp_path / "resumed"
+    import shutil
+
+    shutil.copytree(src, out)
+    r = run_script(
+        "train.py",
+        *TINY,
+        f"data.root={data_root}",
+        "data.dataset=tiny",
+        f"out_dir={out}",
+        "train.max_steps=30",
+        "resume=true",
+        "wandb.mode=offline",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "resumed from" in r.stdout and "at step 20" in r.stdout
+    assert [m["step"] for m in metrics(out) if "train/loss" in m] == [5, 10, 15, 20, 25, 30]
+    runs = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len({wandb_offline.run_id(p) for p in runs}) == 1  # one W&B run, continued
+    assert latest_checkpoint(out).name == "step-0000030"
