@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,13 @@ def data_root(tmp_path_factory, shakespeare) -> Path:
     root = tmp_path_factory.mktemp("data")
     prepare_text(shakespeare[:40_000], root / "tiny", "char")
     return root
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, so that concurrent test runs don't collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def env(**extra: str) -> dict[str, str]:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, accelerate_launch
+from conftest import ROOT, TINY, accelerate_launch, free_port
 
 HELPER = str(ROOT / "tests" / "helpers" / "train_and_fingerprint.py")
 CPU_CONFIG = str(ROOT / "launch" / "cpu_multiprocess.yaml")
@@ -25,7 +25,7 @@ def test_two_processes_end_with_the_same_weights_on_both_ranks(tmp_path, data_ro
         "--num_processes",
         "2",
         "--main_process_port",
-        "29611",
+        str(free_port()),
         HELPER,
         *TINY,
         "train.micro_batch_size=2",
