@@ -248,10 +248,13 @@ def load_exported(path: str | Path) -> tuple[torch.nn.Module, Tokenizer, dict[st
 def check_same_model(saved: dict[str, Any], current: ModelConfig, folder: Path) -> None:
     """Refuse to resume into a model of another shape, naming the field that differs."""
     now = to_dict(current)
-    for key in ("kind", "n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size"):
-        if saved.get(key) != now.get(key):
+    shape_keys = ("kind", "n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "pad_vocab_to")
+    architecture_keys = ("position", "rope_base", "norm", "qk_norm", "mlp", "tie_head")
+    defaults = to_dict(ModelConfig())  # for keys that older checkpoints do not have
+    for key in shape_keys + architecture_keys:
+        if saved.get(key, defaults[key]) != now.get(key):
             raise UserError(
-                f"cannot resume from {folder}: model.{key} is {saved.get(key)!r} in the checkpoint but "
+                f"cannot resume from {folder}: model.{key} is {saved.get(key, defaults[key])!r} in the checkpoint but "
                 f"{now.get(key)!r} now; use the checkpoint's value or another out_dir"
             )
 

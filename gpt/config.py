@@ -39,6 +39,36 @@ class ModelConfig:
     dropout: float = doc(0.0, "Dropout probability on attention weights, residual branches and embeddings.")
     bias: bool = doc(True, "Biases in Linear layers and LayerNorms (False is slightly faster).")
     vocab_size: int = doc(0, "Vocabulary size; 0 takes it from the tokenizer of the data.")
+    pad_vocab_to: int = doc(
+        1,
+        "Round the GPT's embedding and head up to a multiple of this many rows (64 on GPUs: faster matmuls); "
+        "padded ids are never targets and never sampled. 1: no padding.",
+    )
+    position: Literal["learned", "rope"] = doc(
+        "learned",
+        "Position information: 'learned' absolute embeddings (the lecture's) or 'rope' (rotary, in attention).",
+    )
+    rope_base: float = doc(10000.0, "Rotary embeddings: base of the geometric sequence of rotation frequencies.")
+    norm: Literal["layernorm", "rmsnorm"] = doc("layernorm", "Normalisation layers: 'layernorm' or 'rmsnorm'.")
+    qk_norm: bool = doc(
+        False, "QK-norm: scale every query and key vector to unit RMS (no learned gain) before attention."
+    )
+    attention: Literal["sdpa", "explicit"] = doc(
+        "sdpa",
+        "How attention is computed (same result): 'sdpa' torch's fused kernel (flash attention on GPUs), or "
+        "'explicit' softmax(q k^T / sqrt(hs)) v as matmuls, faster on CPUs in bf16 for short contexts (memory ~ T^2).",
+    )
+    mlp: Literal["gelu", "relu2"] = doc("gelu", "MLP non-linearity: 'gelu' or 'relu2' (squared ReLU).")
+    tie_head: bool = doc(True, "Use the token embedding as the LM head (weight tying); false adds a separate head.")
+    zero_init_proj: bool = doc(
+        False, "Initialise the attention and MLP output projections to zero (each block starts as the identity)."
+    )
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """vocab_size rounded up to a multiple of pad_vocab_to: the rows of the GPT's embedding and head."""
+        multiple = max(1, self.pad_vocab_to)
+        return -(-self.vocab_size // multiple) * multiple
 
 
 @dataclass
@@ -77,6 +107,12 @@ class TrainConfig:
         "no", "Autocast precision through accelerate: 'no', 'bf16' (CPU and GPU) or 'fp16' (GPU only)."
     )
     compile: bool = doc(False, "Wrap the model in torch.compile.")
+    matmul_precision: Literal["auto", "highest", "high", "medium"] = doc(
+        "auto",
+        "float32 matmuls (torch.set_float32_matmul_precision): 'highest' full fp32; 'high' TF32 on NVIDIA GPUs; "
+        "'medium' bf16 inputs with fp32 sums (GPUs, and CPUs with AVX512-BF16 or AMX). 'auto': 'high' on CUDA, "
+        "else 'highest'.",
+    )
     log_interval: int = doc(50, "Log train loss, learning rate and throughput every this many steps.")
     eval_interval: int = doc(500, "Evaluate train and val loss every this many steps (and at the end).")
     eval_windows: int = doc(
@@ -84,6 +120,20 @@ class TrainConfig:
     )
     checkpoint_interval: int = doc(1000, "Save a resumable checkpoint every this many steps (and at the end).")
     keep_last: int = doc(2, "Number of most recent checkpoints to keep; older ones are deleted.")
+    time_budget_s: float = doc(
+        0.0,
+        "Wall-clock budget in seconds, counted from the trainer's start (with a resumed run's earlier time): "
+        "training ends when it is spent (or at max_steps), and the learning-rate decay follows elapsed time "
+        "instead of steps. 0: no budget.",
+    )
+    optimizer: Literal["adamw", "muon"] = doc(
+        "adamw", "'adamw', or 'muon': Muon for the blocks' 2-D weight matrices and AdamW for everything else."
+    )
+    muon_lr: float = doc(0.02, "Muon's peak learning rate (the schedule scales it like learning_rate).")
+    muon_momentum: float = doc(0.95, "Muon's momentum (Nesterov).")
+    peak_tflops: float = doc(
+        0.0, "Peak TFLOP/s of one device, for the logged MFU; 0 looks the GPU up in a table (no MFU on CPU)."
+    )
 
 
 @dataclass
@@ -165,6 +215,8 @@ def _convert(key: str, value: Any, tp: Any, from_cli: bool) -> Any:
     origin = get_origin(tp)
     if origin is Literal:
         choices = get_args(tp)
+        if isinstance(value, bool) and "no" in choices:
+            value = "no" if value is False else value  # YAML reads a bare `no` as False
         if str(value).lower() in [str(c) for c in choices]:
             return str(value).lower()
         raise fail("one of " + ", ".join(repr(c) for c in choices))
@@ -323,6 +375,23 @@ def validate(cfg: Config) -> None:
         )
     if t.warmup_steps < 0:
         raise UserError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    if m.pad_vocab_to < 1:
+        raise UserError(f"model.pad_vocab_to must be 1 (no padding) or more, got {m.pad_vocab_to}")
+    if m.position == "rope" and (m.n_embd // m.n_head) % 2:
+        raise UserError(
+            f"model.position=rope needs an even head size, got n_embd / n_head = {m.n_embd // m.n_head}; "
+            "change model.n_embd or model.n_head"
+        )
+    if m.rope_base <= 1.0:
+        raise UserError(f"model.rope_base must be greater than 1, got {m.rope_base}")
+    nonnegative = {"train.time_budget_s": t.time_budget_s, "train.peak_tflops": t.peak_tflops}
+    for key, value in nonnegative.items():
+        if value < 0:
+            raise UserError(f"config key '{key}' must be 0 or positive, got {value}")
+    if t.muon_lr <= 0 or not 0.0 <= t.muon_momentum < 1.0:
+        raise UserError(
+            f"need train.muon_lr > 0 and 0 <= train.muon_momentum < 1, got {t.muon_lr} and {t.muon_momentum}"
+        )
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -73,7 +73,8 @@ def generate_tokens(
     cache = model.new_cache() if use_cache else None
     logits, _ = model(idx, cache=cache)
     for _ in range(max_new_tokens):
-        token = next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
+        # [:vocab_size]: the head may have padding rows (model.pad_vocab_to); they are never sampled
+        token = next_token(logits[:, -1, : model.cfg.vocab_size], temperature, top_k, top_p, generator)  # (B,)
         yield token
         idx = torch.cat([idx, token[:, None]], dim=1)[:, -block_size:]  # the context the next step sees
         if cache is None:

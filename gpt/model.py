@@ -2,7 +2,12 @@
 
 Read top to bottom: attention, MLP, block, the GPT itself, then the lecture's bigram baseline.
 Shapes in comments use B = batch, T = sequence length, C = n_embd, nh = heads, hs = C // nh,
-V = vocabulary size, P = tokens already in the key/value cache.
+V = vocabulary size (padded, see ModelConfig.pad_vocab_to), P = tokens already in the key/value cache.
+
+The defaults build the lecture's model. Optional switches in ModelConfig swap in newer parts, each
+one independent of the others: rotary position embeddings (``position``), RMSNorm (``norm``),
+QK-norm (``qk_norm``), squared-ReLU MLP (``mlp``), an untied head (``tie_head``), zero-initialised
+output projections (``zero_init_proj``) and no biases (``bias``).
 
 Nothing here knows about devices, dtypes, processes or optimizers.
 """
@@ -49,6 +54,39 @@ class KVCache:
         self.pos = 0
 
 
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    """LayerNorm (subtract the mean, divide by the std, scale and shift) or RMSNorm (divide by the
+    root mean square, scale): RMSNorm is cheaper and works as well in transformers."""
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim)
+    return nn.LayerNorm(dim, bias=cfg.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoPE): rotate pairs of query/key channels by angles that grow with
+    the position, so that q . k depends on how far apart two tokens are, not on where they are.
+
+    Channels (2i, 2i+1) are read as one complex number and multiplied by e^(j * position * theta_i):
+    one complex multiplication instead of a handful of elementwise operations.
+    """
+
+    def __init__(self, head_size: int, max_len: int, base: float):
+        super().__init__()
+        theta = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (hs/2,)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), theta)  # (max_len, hs/2)
+        # Derived from the config, so not saved with the weights.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """x: (B, T, H, hs), H vectors per position, at positions start .. start+T-1 -> rotated, same shape."""
+        T = x.size(1)
+        cos, sin = self.cos[start : start + T, None, :], self.sin[start : start + T, None, :]  # (T, 1, hs/2)
+        rotation = torch.complex(cos.float(), sin.float())  # e^(j * angle)
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, T, H, hs/2), complex
+        return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)  # (B, T, H, hs)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where each position sees only itself and the past."""
 
@@ -57,57 +95,76 @@ class CausalSelfAttention(nn.Module):
         self.layer = layer
         self.n_head = cfg.n_head
         self.dropout = cfg.dropout
+        self.qk_norm = cfg.qk_norm
+        self.explicit = cfg.attention == "explicit"
+        head_size = cfg.n_embd // cfg.n_head
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # queries, keys, values in one matmul
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.rotary = Rotary(head_size, cfg.block_size, cfg.rope_base) if cfg.position == "rope" else None
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-
-        past = 0
+        nh, hs = self.n_head, C // self.n_head
+        qkv = self.qkv(x).view(B, T, 3 * nh, hs)  # every head's query, key and value: (B, T, 3nh, hs)
+        qk, v = qkv[:, :, : 2 * nh], qkv[:, :, 2 * nh :]  # queries and keys (B, T, 2nh, hs), values (B, T, nh, hs)
+        if self.qk_norm:
+            qk = F.rms_norm(qk, (hs,))  # every query and key vector to unit RMS: bounded attention logits
+        past = cache.pos if cache is not None else 0  # the new tokens sit at positions past .. past+T-1
+        if self.rotary is not None:
+            qk = self.rotary(qk, past)  # queries and keys in one go; keys enter the cache already rotated
+        q, k = qk.split(nh, dim=2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs) each
         if cache is not None:
-            past = cache.pos
             k, v = cache.update(self.layer, k, v)  # (B, nh, P+T, hs)
 
-        # softmax(q k^T / sqrt(hs)) v with a causal mask, by the fused kernel (flash attention on GPU).
+        # softmax(q k^T / sqrt(hs)) v with a causal mask, by torch's fused kernel (flash attention on GPU)
+        # or written out as in the lecture (attention='explicit': faster on CPUs in bf16 for short contexts).
         if past == 0:
             mask, causal = None, True  # plain causal attention over T positions
         elif T == 1:
             mask, causal = None, False  # one new token may see every cached position
         else:  # T new tokens after P cached ones: query i sees keys 0 .. P+i
             mask, causal = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past), False
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, nh, T, hs)
+        dropout = self.dropout if self.training else 0.0
+        if self.explicit:
+            if causal:
+                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T): query i sees keys 0 .. i
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, P+T)
+            if mask is not None:
+                att = att.masked_fill(~mask, float("-inf"))
+            att = F.dropout(F.softmax(att, dim=-1), dropout, self.training)
+            y = att.to(v.dtype) @ v  # (B, nh, T, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side: (B, T, C)
         return self.resid_dropout(self.proj(y))
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward network: expand 4x, GELU, project back."""
+    """Position-wise feed-forward network: expand 4x, GELU (or squared ReLU), project back."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.relu2 = cfg.mlp == "relu2"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))  # (B, T, C)
+        h = self.fc(x)  # (B, T, 4C)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h)
+        return self.dropout(self.proj(h))  # (B, T, C)
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: communication (attention) then computation (MLP)."""
+    """Pre-norm transformer block: communication (attention) then computation (MLP)."""
 
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_1 = make_norm(cfg, cfg.n_embd)
         self.attn = CausalSelfAttention(cfg, layer)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_2 = make_norm(cfg, cfg.n_embd)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
@@ -117,24 +174,29 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Token + position embeddings, a stack of blocks, a final LayerNorm and a tied LM head."""
+    """Token + position embeddings, a stack of blocks, a final norm and a tied (or separate) LM head."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         assert cfg.vocab_size > 0, "set cfg.vocab_size from the tokenizer before building the model"
         self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # token embedding, also the output head
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)  # learned absolute positions
+        V = cfg.padded_vocab_size  # rows past vocab_size are padding: never a target, never sampled
+        self.wte = nn.Embedding(V, cfg.n_embd)  # token embedding, also the output head when tied
+        # learned absolute positions; with rotary embeddings, attention handles positions instead
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        # The LM head reuses wte.weight (weight tying). It is one Parameter, not two tensors that share
-        # storage, so no save/load path (safetensors, FSDP, accelerate) can untie or drop it.
+        self.ln_f = make_norm(cfg, cfg.n_embd)
+        # Tied, the LM head reuses wte.weight. It is one Parameter, not two tensors that share storage,
+        # so no save/load path (safetensors, FSDP, accelerate) can untie or drop it.
+        self.lm_head = None if cfg.tie_head else nn.Linear(cfg.n_embd, V, bias=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
-                # GPT-2: scale residual projections so the residual stream's variance doesn't grow with depth
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                if cfg.zero_init_proj:  # every block starts as the identity; the first steps grow it
+                    nn.init.zeros_(p)
+                else:  # GPT-2: scale residual projections so the residual stream's variance doesn't grow with depth
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -157,14 +219,17 @@ class GPT(nn.Module):
         start = cache.pos if cache is not None else 0
         if start + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.cfg.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # + (T, C), broadcast over B
+        x = self.drop(x)
         for block in self.blocks:
             x = block(x, cache)  # (B, T, C)
         if cache is not None:
             cache.advance(T)
         x = self.ln_f(x)
-        logits = F.linear(x, self.wte.weight)  # (B, T, V)
+        head = self.wte.weight if self.lm_head is None else self.lm_head.weight  # (V, C)
+        logits = F.linear(x, head)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T), ignore_index=-1)
@@ -204,8 +269,12 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 
 def num_params(model: nn.Module, non_embedding: bool = True) -> int:
-    """Parameter count; by default without position embeddings (the token embedding is the head, so it counts)."""
+    """Parameter count; by default without the lookup tables: position embeddings, and the token
+    embedding when it is not also the head (tied, it does the head's matmul, so it counts)."""
     n = sum(p.numel() for p in model.parameters())
     if non_embedding and isinstance(model, GPT):
-        n -= model.wpe.weight.numel()
+        if model.wpe is not None:
+            n -= model.wpe.weight.numel()
+        if model.lm_head is not None:
+            n -= model.wte.weight.numel()
     return n
