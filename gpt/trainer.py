@@ -29,10 +29,13 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin, Projec
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
+from gpt import perf
+from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
 from gpt.model import build_model, num_params
+from gpt.optim import build_optimizer, set_lr
 from gpt.prepare import ensure_dataset
 from gpt.tokenizer import Tokenizer, load_tokenizer
 
@@ -54,28 +57,18 @@ def accumulation_steps(batch_size: int, micro_batch_size: int, world_size: int) 
     return batch_size // per_pass
 
 
-def lr_at(step: int, t: TrainConfig) -> float:
-    """Linear warm-up to learning_rate, then cosine decay to min_lr at max_steps."""
+def lr_at(step: int, t: TrainConfig, progress: float | None = None) -> float:
+    """Linear warm-up to learning_rate, then cosine decay to min_lr at max_steps.
+
+    With ``progress`` (the share of a time budget spent, see gpt.budget) the decay follows it instead
+    of the step count, reaching min_lr when the budget is spent.
+    """
     if step < t.warmup_steps:
         return t.learning_rate * (step + 1) / t.warmup_steps
-    progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+    if progress is None:
+        progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+    progress = min(1.0, progress)
     return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.learning_rate - t.min_lr)
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices (linear and embedding weights) only, not on biases and norm gains."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-
-
-def make_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    fused = device.type == "cuda"  # one kernel for the whole update on GPU
-    return torch.optim.AdamW(
-        param_groups(model, t.weight_decay), lr=t.learning_rate, betas=(t.beta1, t.beta2), fused=fused
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,6 +127,7 @@ class Run:
     start_step: int
     wandb_id: str | None
     wandb_mode: str
+    elapsed_s: float = 0.0  # wall-clock seconds spent by earlier attempts of this run (from the checkpoint)
 
 
 def print0(accelerator: Accelerator, *args: Any) -> None:
@@ -197,8 +191,8 @@ def setup(cfg: Config) -> Run:
         raise UserError("train.mixed_precision=fp16 needs a CUDA GPU; on CPU use bf16 or no")
     if accelerator.distributed_type == DistributedType.FSDP and device.type != "cuda":
         raise UserError("FSDP needs GPUs; on CPU launch with launch/cpu_multiprocess.yaml (DDP over gloo)")
+    perf.set_matmul_precision(t.matmul_precision, device)  # 'auto': TF32 tensor cores on CUDA, full fp32 on CPU
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls (Ampere and newer)
         torch.backends.cudnn.allow_tf32 = True
 
     tokenizer, train_data, val_data = open_data(cfg, accelerator)
@@ -214,13 +208,13 @@ def setup(cfg: Config) -> Run:
     resume_from = resolve_resume(cfg)
     set_seed(cfg.seed)  # identical initial weights on every process
     model = build_model(model_cfg).to(device)
-    optimizer = make_optimizer(model, t, device)
+    optimizer = build_optimizer(model, t, device)
     model, optimizer = accelerator.prepare(model, optimizer)
     register_weight_hooks(accelerator)
 
-    start_step, wandb_id = 0, None
+    start_step, wandb_id, elapsed_s = 0, None, 0.0
     if resume_from is not None:
-        start_step, wandb_id = restore(accelerator, resume_from, model_cfg, tokenizer)
+        start_step, wandb_id, elapsed_s = restore(accelerator, resume_from, model_cfg, tokenizer)
     else:
         set_seed(cfg.seed, device_specific=True)  # dropout differs between processes
     return Run(
@@ -236,6 +230,7 @@ def setup(cfg: Config) -> Run:
         start_step,
         wandb_id,
         mode,
+        elapsed_s,
     )
 
 
@@ -256,7 +251,9 @@ def register_weight_hooks(accelerator: Accelerator) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, tokenizer: Tokenizer) -> tuple[int, str]:
+def restore(
+    accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, tokenizer: Tokenizer
+) -> tuple[int, str, float]:
     ckpt.verify(folder)
     state = ckpt.read_trainer_state(folder)
     ckpt.check_same_model(state["config"]["model"] | {"vocab_size": state["vocab_size"]}, model_cfg, folder)
@@ -270,7 +267,7 @@ def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, toke
     # steps; checkpoints fall on optimizer-step boundaries, so it restarts at zero (elastic resume).
     accelerator.step = 0
     print0(accelerator, f"resumed from {folder} at step {state['step']}")
-    return int(state["step"]), state.get("wandb_id")
+    return int(state["step"]), state.get("wandb_id"), float(state.get("elapsed_s", 0.0))
 
 
 def init_tracking(run: Run) -> str | None:
@@ -351,7 +348,7 @@ def evaluate(run: Run) -> dict[str, float]:
 # Saving
 
 
-def save(run: Run, step: int, wandb_id: str | None, metrics: dict[str, float]) -> Path:
+def save(run: Run, step: int, wandb_id: str | None, metrics: dict[str, float], elapsed_s: float = 0.0) -> Path:
     cfg, accelerator = run.cfg, run.accelerator
     tmp = ckpt.checkpoints_dir(cfg.out_dir) / f".tmp-{ckpt.step_dir_name(step)}"
     if accelerator.is_main_process:
@@ -374,6 +371,7 @@ def save(run: Run, step: int, wandb_id: str | None, metrics: dict[str, float]) -
             "world_size": accelerator.num_processes,
             "wandb_id": wandb_id,
             "metrics": metrics,
+            "elapsed_s": elapsed_s,
         }
         final = ckpt.finish_save(tmp, cfg.out_dir, step, state, cfg.train.keep_last)
     accelerator.wait_for_everyone()
@@ -422,10 +420,44 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
+def train_step(run: Run, batches: BatchStream, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step at learning rate ``lr`` over the next global batch (run.accum micro-batches).
+
+    Returns the sum of the micro-batch losses and the gradient norm before clipping as tensors:
+    reading them waits for the device, so the loop does it only at log steps.
+    """
+    accelerator, model, optimizer, t = run.accelerator, run.model, run.optimizer, run.cfg.train
+    device = accelerator.device
+    set_lr(optimizer, lr)
+    step_loss = torch.zeros((), device=device)
+    for x, y in batches.next_step():
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with accelerator.accumulate(model):
+            _, loss = model(x, y)
+            accelerator.backward(loss)
+            step_loss += loss.detach()
+            if accelerator.sync_gradients:
+                max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return step_loss, grad_norm
+
+
+def batch_stream(run: Run, start_step: int) -> BatchStream:
+    """This process's micro-batches from ``start_step`` on, made ahead on a background thread."""
+    cfg, accelerator = run.cfg, run.accelerator
+    return BatchStream(
+        run.train_data, seed=cfg.seed, block_size=cfg.model.block_size, batch_size=cfg.train.batch_size,
+        micro_batch_size=cfg.train.micro_batch_size, rank=accelerator.process_index, world=accelerator.num_processes,
+        start_step=start_step, pin_memory=accelerator.device.type == "cuda",
+    )  # fmt: skip
+
+
 def train(cfg: Config) -> TrainResult:
     """Train as the config says; returns the final metrics. Exits with EXIT_PREEMPTED on a stop signal."""
     run = setup(cfg)
-    accelerator, model, optimizer, t = run.accelerator, run.model, run.optimizer, cfg.train
+    accelerator, model, t = run.accelerator, run.model, cfg.train
     device = accelerator.device
     tokens_per_step = t.batch_size * cfg.model.block_size
     print0(
@@ -442,38 +474,24 @@ def train(cfg: Config) -> TrainResult:
     metrics_log = MetricsLog(cfg.out_dir, accelerator.is_main_process)
 
     step = run.start_step
-    batches = BatchStream(
-        run.train_data, seed=cfg.seed, block_size=cfg.model.block_size, batch_size=t.batch_size,
-        micro_batch_size=t.micro_batch_size, rank=accelerator.process_index, world=accelerator.num_processes,
-        start_step=step, pin_memory=device.type == "cuda",
-    )  # fmt: skip
+    batches = batch_stream(run, step)
+    budget = TimeBudget(accelerator, t.time_budget_s, run.elapsed_s)
+    flops_per_token, peak = perf.flops_per_token(run.model_cfg), t.peak_tflops or perf.peak_tflops(device)
     stop = StopFlag()
     progress = make_progress(accelerator, step, t.max_steps)
     last: dict[str, Any] = {}
     timer_start, timer_steps = time.perf_counter(), 0
     model.train()
     try:
-        while step < t.max_steps:
-            lr = lr_at(step, t)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            step_loss = torch.zeros((), device=device)
-            for x, y in batches.next_step():
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with accelerator.accumulate(model):
-                    _, loss = model(x, y)
-                    accelerator.backward(loss)
-                    step_loss += loss.detach()
-                    if accelerator.sync_gradients:
-                        max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+        while step < t.max_steps and not budget.spent:
+            lr = lr_at(step, t, budget.fraction)
+            step_loss, grad_norm = train_step(run, batches, lr)
             step += 1
             timer_steps += 1
             progress.update(1)
+            budget.tick(step)
 
-            boundary = step == t.max_steps
+            boundary = step == t.max_steps or budget.spent
             record: dict[str, Any] = {}
             if step % t.log_interval == 0 or boundary:
                 # The exact mean over every micro-batch of every process (each has the same token count).
@@ -483,6 +501,9 @@ def train(cfg: Config) -> TrainResult:
                     "train/loss": loss_mean, "lr": lr, "grad_norm": float(grad_norm),
                     "tokens_per_s": timer_steps * tokens_per_step / elapsed, "step_ms": 1000 * elapsed / timer_steps,
                 }  # fmt: skip
+                utilisation = perf.mfu(flops_per_token, record["tokens_per_s"], accelerator.num_processes, peak)
+                if utilisation is not None:  # only where the device's peak is known
+                    record["mfu"] = utilisation
                 if not math.isfinite(loss_mean):
                     raise UserError(
                         f"the loss became {loss_mean} at step {step}; lower train.learning_rate "
@@ -496,7 +517,9 @@ def train(cfg: Config) -> TrainResult:
                 last |= record
                 log(accelerator, progress, metrics_log, record)
             if step % t.checkpoint_interval == 0 or boundary or stopping:
-                path = save(run, step, wandb_id, {k: v for k, v in last.items() if k.startswith("eval/")})
+                path = save(
+                    run, step, wandb_id, {k: v for k, v in last.items() if k.startswith("eval/")}, budget.elapsed()
+                )
                 print0(accelerator, f"saved {path}")
             if record or stopping:
                 timer_start, timer_steps = time.perf_counter(), 0
@@ -545,6 +568,7 @@ def log(accelerator: Accelerator, progress, metrics_log: MetricsLog, record: dic
         ("grad_norm", "grad norm {:.2f}"),
         ("step_ms", "{:.1f} ms/step"),
         ("tokens_per_s", "{:,.0f} tok/s"),
+        ("mfu", "MFU {:.1%}"),
     ):
         if key in record:
             parts.append(fmt.format(record[key]))
