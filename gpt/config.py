@@ -84,6 +84,9 @@ class TrainConfig:
     )
     checkpoint_interval: int = doc(1000, "Save a resumable checkpoint every this many steps (and at the end).")
     keep_last: int = doc(2, "Number of most recent checkpoints to keep; older ones are deleted.")
+    keep_best: bool = doc(
+        False, "Also keep the checkpoint with the lowest val loss (named in checkpoints/best), whatever its age."
+    )
 
 
 @dataclass

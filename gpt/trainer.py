@@ -375,7 +375,7 @@ def save(run: Run, step: int, wandb_id: str | None, metrics: dict[str, float]) -
             "wandb_id": wandb_id,
             "metrics": metrics,
         }
-        final = ckpt.finish_save(tmp, cfg.out_dir, step, state, cfg.train.keep_last)
+        final = ckpt.finish_save(tmp, cfg.out_dir, step, state, cfg.train.keep_last, cfg.train.keep_best)
     accelerator.wait_for_everyone()
     return final
 
