@@ -134,6 +134,7 @@ class Run:
     start_step: int
     wandb_id: str | None
     wandb_mode: str
+    resumed_metrics: dict[str, float]  # the evaluation stored in the checkpoint resumed from
 
 
 def print0(accelerator: Accelerator, *args: Any) -> None:
@@ -218,9 +219,9 @@ def setup(cfg: Config) -> Run:
     model, optimizer = accelerator.prepare(model, optimizer)
     register_weight_hooks(accelerator)
 
-    start_step, wandb_id = 0, None
+    resumed: dict[str, Any] = {}
     if resume_from is not None:
-        start_step, wandb_id = restore(accelerator, resume_from, model_cfg, tokenizer)
+        resumed = restore(accelerator, resume_from, model_cfg, tokenizer)
     else:
         set_seed(cfg.seed, device_specific=True)  # dropout differs between processes
     return Run(
@@ -233,9 +234,10 @@ def setup(cfg: Config) -> Run:
         train_data,
         val_data,
         accum,
-        start_step,
-        wandb_id,
-        mode,
+        start_step=int(resumed.get("step", 0)),
+        wandb_id=resumed.get("wandb_id"),
+        wandb_mode=mode,
+        resumed_metrics=resumed.get("metrics", {}),
     )
 
 
@@ -256,7 +258,8 @@ def register_weight_hooks(accelerator: Accelerator) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, tokenizer: Tokenizer) -> tuple[int, str]:
+def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
+    """Load a checkpoint into the prepared model and optimizer; returns its trainer state."""
     ckpt.verify(folder)
     state = ckpt.read_trainer_state(folder)
     ckpt.check_same_model(state["config"]["model"] | {"vocab_size": state["vocab_size"]}, model_cfg, folder)
@@ -270,7 +273,7 @@ def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, toke
     # steps; checkpoints fall on optimizer-step boundaries, so it restarts at zero (elastic resume).
     accelerator.step = 0
     print0(accelerator, f"resumed from {folder} at step {state['step']}")
-    return int(state["step"]), state.get("wandb_id")
+    return state
 
 
 def init_tracking(run: Run) -> str | None:
@@ -435,6 +438,12 @@ def train(cfg: Config) -> TrainResult:
         f"x {run.accum} accumulation steps ({tokens_per_step:,} tokens/step); "
         f"{num_params(accelerator.unwrap_model(model)):,} parameters",
     )
+    if run.start_step >= t.max_steps:
+        print0(accelerator, f"{cfg.out_dir} is already trained to step {run.start_step} (train.max_steps is "
+                            f"{t.max_steps}); raise train.max_steps to train further")  # fmt: skip
+        accelerator.end_training()
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+        return TrainResult(run.start_step, run.resumed_metrics, unwrapped, accelerator.is_main_process)
     if accelerator.is_main_process:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -151,3 +151,13 @@ def test_a_corrupt_checkpoint_file_is_named(uninterrupted, tmp_path):
     r = run_script("train.py", *args, "train.max_steps=30", f"out_dir={out}", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"{optimizer} is truncated or corrupt" in r.stderr
+
+
+def test_running_a_finished_run_again_does_nothing(uninterrupted, tmp_path):
+    reference, args = uninterrupted
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    r = run_script("train.py", *args, f"out_dir={out}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "already trained to step 20" in r.stdout
+    assert losses(out) == losses(reference) and latest_checkpoint(out).name == "step-0000020"
