@@ -377,6 +377,8 @@ def save(run: Run, step: int, wandb_id: str | None, metrics: dict[str, float]) -
             "world_size": accelerator.num_processes,
             "wandb_id": wandb_id,
             "metrics": metrics,
+            # the data position: step s of the sample stream is a function of (seed, s) alone
+            "sample_stream": {"seed": cfg.seed, "next_step": step, "batch_size": cfg.train.batch_size},
         }
         final = ckpt.finish_save(tmp, cfg.out_dir, step, state, cfg.train.keep_last, cfg.train.keep_best)
     accelerator.wait_for_everyone()
@@ -504,10 +506,11 @@ def train(cfg: Config) -> TrainResult:
                 record |= {"step": step, "tokens": step * tokens_per_step}
                 last |= record
                 log(accelerator, progress, metrics_log, record)
-            if step % t.checkpoint_interval == 0 or boundary or stopping:
-                path = save(run, step, wandb_id, {k: v for k, v in last.items() if k.startswith("eval/")})
+            saving = step % t.checkpoint_interval == 0 or boundary or stopping
+            if saving:  # with this step's evaluation, if there was one (keep_best compares those)
+                path = save(run, step, wandb_id, {k: v for k, v in record.items() if k.startswith("eval/")})
                 print0(accelerator, f"saved {path}")
-            if record or stopping:
+            if record or saving:  # throughput is measured over training steps only
                 timer_start, timer_steps = time.perf_counter(), 0
             if stopping:
                 print0(accelerator, f"stopped by signal {stop.signal} at step {step}; resume with resume=auto")
