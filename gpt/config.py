@@ -57,7 +57,7 @@ class DataConfig:
 class TrainConfig:
     """The optimisation: batch, schedule, precision, and how often to evaluate and save."""
 
-    max_steps: int = doc(2000, "Number of optimizer steps.")
+    max_steps: int = doc(1500, "Number of optimizer steps.")
     batch_size: int = doc(
         32, "Global batch per optimizer step, in sequences, summed over processes and accumulation steps."
     )
@@ -66,8 +66,8 @@ class TrainConfig:
         "Sequences per forward pass per process. Accumulation steps = batch_size / (micro_batch_size * "
         "processes), derived at start-up.",
     )
-    learning_rate: float = doc(2e-3, "Peak learning rate, reached at the end of warm-up.")
-    min_lr: float = doc(2e-4, "Learning rate at the end of the cosine decay.")
+    learning_rate: float = doc(3e-3, "Peak learning rate, reached at the end of warm-up.")
+    min_lr: float = doc(3e-4, "Learning rate at the end of the cosine decay.")
     warmup_steps: int = doc(100, "Steps of linear warm-up from 0 to learning_rate.")
     weight_decay: float = doc(0.1, "AdamW weight decay, applied to matrices (not biases, norms or ...).")
     beta1: float = doc(0.9, "AdamW beta1.")
