@@ -73,8 +73,10 @@ class TrainConfig:
     beta1: float = doc(0.9, "AdamW beta1.")
     beta2: float = doc(0.99, "AdamW beta2.")
     grad_clip: float = doc(1.0, "Clip the global gradient norm to this value; 0 disables clipping.")
-    mixed_precision: Literal["no", "bf16", "fp16"] = doc(
-        "no", "Autocast precision through accelerate: 'no', 'bf16' (CPU and GPU) or 'fp16' (GPU only)."
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = doc(
+        "auto",
+        "Autocast precision through accelerate: 'no', 'bf16' (CPU and GPU) or 'fp16' (GPU only); 'auto' takes the "
+        "launch's (accelerate launch --mixed_precision, or its config file), else 'no'.",
     )
     compile: bool = doc(False, "Wrap the model in torch.compile.")
     log_interval: int = doc(50, "Log train loss, learning rate and throughput every this many steps.")

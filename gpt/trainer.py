@@ -29,6 +29,7 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin, Projec
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
+from gpt import fsdp
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
@@ -181,22 +182,24 @@ def setup(cfg: Config) -> Run:
         # Several processes and no GPU: run them on CPU over gloo (accelerate's multi-process
         # launcher does not pass use_cpu from a config file on to the processes).
         cpu=launched > 1 and not torch.cuda.is_available(),
-        mixed_precision=t.mixed_precision,
+        mixed_precision=None if t.mixed_precision == "auto" else t.mixed_precision,  # None: the launch's
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1, sync_with_dataloader=False),
         log_with="wandb" if mode != "disabled" else None,
         project_config=ProjectConfiguration(project_dir=cfg.out_dir, automatic_checkpoint_naming=False),
         dynamo_backend="inductor" if t.compile else "no",
         step_scheduler_with_optimizer=False,
+        fsdp_plugin=fsdp.accelerate_plugin() if fsdp.fsdp_requested() else None,  # one unit per Block
     )
     if accelerator.num_processes != launched:
         raise UserError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}")
     accum = accumulation_steps(t.batch_size, t.micro_batch_size, accelerator.num_processes)
     accelerator.gradient_accumulation_steps = accum  # derived: batch_size / (micro_batch_size * processes)
     device = accelerator.device
-    if t.mixed_precision == "fp16" and device.type != "cuda":
-        raise UserError("train.mixed_precision=fp16 needs a CUDA GPU; on CPU use bf16 or no")
-    if accelerator.distributed_type == DistributedType.FSDP and device.type != "cuda":
-        raise UserError("FSDP needs GPUs; on CPU launch with launch/cpu_multiprocess.yaml (DDP over gloo)")
+    if accelerator.mixed_precision == "fp16" and device.type != "cuda":
+        raise UserError(
+            "mixed precision fp16 (from train.mixed_precision or the launch) needs a CUDA GPU; on CPU use bf16 or no"
+        )
+    fsdp.check_fsdp_runs(accelerator)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls (Ampere and newer)
         torch.backends.cudnn.allow_tf32 = True
@@ -430,7 +433,7 @@ def train(cfg: Config) -> TrainResult:
     tokens_per_step = t.batch_size * cfg.model.block_size
     print0(
         accelerator,
-        f"{accelerator.num_processes} process(es) on {device.type}, mixed precision {t.mixed_precision}: "
+        f"{accelerator.num_processes} process(es) on {device.type}, mixed precision {accelerator.mixed_precision}: "
         f"global batch {t.batch_size} = micro batch {t.micro_batch_size} x {accelerator.num_processes} processes "
         f"x {run.accum} accumulation steps ({tokens_per_step:,} tokens/step); "
         f"{num_params(accelerator.unwrap_model(model)):,} parameters",
