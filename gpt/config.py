@@ -290,9 +290,20 @@ def load_config(args: list[str]) -> Config:
         else:
             raise UserError(f"unexpected argument '{arg}': overrides look like key.sub=value (see --help)")
     for key, value in overrides:
-        _set(cfg, key, yaml.safe_load(value) if value.strip() else "", from_cli=True)
+        _set(cfg, key, _parse_override(value), from_cli=True)
     validate(cfg)
     return cfg
+
+
+def _parse_override(value: str) -> Any:
+    """A command-line value as YAML, except that only true/false are booleans: YAML 1.1 would also
+    read no/yes/on/off as booleans, turning train.mixed_precision=no or out_dir=on into False/True."""
+    if not value.strip():
+        return ""
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
+        return value.strip()
+    return parsed
 
 
 def validate(cfg: Config) -> None:

@@ -6,9 +6,9 @@ the ``Block`` class of ``gpt.model``; the root unit keeps what is left (token an
 embeddings, the final LayerNorm and the tied head, which must stay together with the embedding).
 
 The trainer hands this policy to accelerate (``accelerate_plugin``), which applies it in
-``accelerator.prepare`` when the launch config asks for FSDP; ``shard_model`` applies the same policy
-with ``torch.distributed.fsdp.fully_shard`` directly, for code that runs without accelerate's FSDP
-path (accelerate only routes FSDP to GPU processes; the tests shard on CPU over gloo this way).
+``accelerator.prepare`` when the launch config asks for FSDP. ``shard_model`` applies it with
+``torch.distributed.fsdp.fully_shard`` directly, for code outside accelerate's FSDP path, which
+accelerate opens to GPU processes only (the tests shard on CPU over gloo this way).
 
 Checkpoints of an FSDP run are sharded: ``accelerator.save_state`` writes the model and optimizer
 with ``torch.distributed.checkpoint`` (one folder each, every process writing its shard), and the
@@ -57,8 +57,9 @@ def check_fsdp_runs(accelerator: Accelerator) -> None:
 
 
 def shard_model(model: torch.nn.Module, **fully_shard_kwargs) -> torch.nn.Module:
-    """Apply FSDP2 in place, as accelerate's transformer-based wrap does: ``fully_shard`` every
-    ``Block``, then the root. Keyword arguments (mesh, mp_policy, ...) go to ``fully_shard``."""
+    """Apply FSDP2 in place with this policy: ``fully_shard`` every ``Block``, then the root.
+    Keyword arguments (mesh, mp_policy, ...) go to ``fully_shard``. (accelerate's FSDP2 prepare makes
+    the same Block units and, in accelerate 1.15, also gives the final LayerNorm a unit of its own.)"""
     from torch.distributed.fsdp import fully_shard
 
     for module in model.modules():

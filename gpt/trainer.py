@@ -365,6 +365,7 @@ def save(run: Run, step: int, wandb_id: str | None, metrics: dict[str, float]) -
         full = accelerator.get_state_dict(run.model)
         if accelerator.is_main_process:
             ckpt.save_weights(full, tmp / ckpt.WEIGHTS)
+    accelerator.wait_for_everyone()  # every process has written its files (RNG state, shards) before the rename
     final = ckpt.checkpoints_dir(cfg.out_dir) / ckpt.step_dir_name(step)
     if accelerator.is_main_process:
         meta = {"step": step, "tokens_seen": step * cfg.train.batch_size * cfg.model.block_size, **metrics}
