@@ -101,14 +101,15 @@ def launch_in_background(*args: str, log: Path, cwd: Path) -> subprocess.Popen:
 def test_two_machines_on_loopback_train_the_same_model(config, one_process, data_root, tmp_path):
     """Two launchers, one process each, meeting at 127.0.0.1 the way two machines meet."""
     out, port = tmp_path / "two-machines", str(free_port())
-    launchers = [
-        launch_in_background(
+
+    def machine(rank: int) -> list[str]:
+        return [
             "--config_file", str(ROOT / "launch" / config), "--num_machines", "2", "--num_processes", "2",
             "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
-            str(ROOT / "train.py"), *run_args(data_root, out), log=tmp_path / f"machine-{rank}.log", cwd=tmp_path,
-        )  # fmt: skip
-        for rank in (0, 1)
-    ]
+            str(ROOT / "train.py"), *run_args(data_root, out),
+        ]  # fmt: skip
+
+    launchers = [launch_in_background(*machine(r), log=tmp_path / f"machine-{r}.log", cwd=tmp_path) for r in (0, 1)]
     codes = [p.wait(timeout=300) for p in launchers]
     logs = [(tmp_path / f"machine-{rank}.log").read_text() for rank in (0, 1)]
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
@@ -288,7 +289,7 @@ def test_slurm_script_stops_on_usr1_requeues_and_the_requeued_job_resumes(tmp_pa
     """Two "nodes" on this machine (srun and scontrol faked): SIGUSR1 before the time limit makes
     every training process save and stop, the job is requeued, and running it again continues."""
     out = tmp_path / "slurm"
-    args = [*run_args(data_root, out), "train.max_steps=100", "train.eval_interval=1000", "train.checkpoint_interval=1000"]
+    args = run_args(data_root, out, "train.max_steps=100", "train.eval_interval=1000", "train.checkpoint_interval=1000")
     e = slurm_env(tmp_path, nodes=2, MAIN_PORT=str(free_port()))
     cmd = ["bash", str(ROOT / "launch" / "slurm.sbatch"), *args]
     log = tmp_path / "job-1.log"
