@@ -18,6 +18,7 @@ trainer also gathers a full copy of the weights for the portable export that ``s
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -27,6 +28,7 @@ from gpt.errors import UserError
 from gpt.model import Block
 
 SHARDED_UNIT = Block  # the module class that becomes one FSDP unit
+SHARDED_MODEL_DIR = "pytorch_model_fsdp_0"  # where accelerate's save_state puts the model shards
 
 
 def fsdp_requested() -> bool:
@@ -53,6 +55,22 @@ def check_fsdp_runs(accelerator: Accelerator) -> None:
             f"the launch asked for FSDP but accelerate set up {accelerator.distributed_type.value} with "
             f"{accelerator.num_processes} process(es) on {accelerator.device.type}: FSDP runs only on several GPUs; "
             "without GPUs launch with launch/cpu_multiprocess.yaml (DDP over gloo)"
+        )
+
+
+def check_checkpoint_fits(folder: Path, fsdp_run: bool) -> None:
+    """Refuse to resume a sharded (FSDP) checkpoint without FSDP, or a DDP/single-process one with
+    FSDP: the optimizer state is stored differently and accelerate cannot read one as the other."""
+    sharded = (folder / SHARDED_MODEL_DIR).is_dir()
+    if sharded and not fsdp_run:
+        raise UserError(
+            f"cannot resume from {folder}: it was saved by an FSDP run; resume it with an FSDP launch "
+            f"(launch/fsdp.yaml), or start a new out_dir (the trained weights are in {folder / 'model'})"
+        )
+    if fsdp_run and not sharded:
+        raise UserError(
+            f"cannot resume from {folder} with FSDP: it was saved without FSDP; resume it with the kind of "
+            "launch that made it, or start a new out_dir"
         )
 
 

@@ -268,6 +268,7 @@ def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, toke
             f"cannot resume from {folder}: it was trained with tokenizer {state['tokenizer']!r} but the data uses "
             f"{tokenizer.identity!r}; use the same data.dataset as the checkpoint"
         )
+    fsdp.check_checkpoint_fits(folder, fsdp_run=accelerator.distributed_type == DistributedType.FSDP)
     accelerator.load_state(str(folder))
     # load_state restores accelerate's micro-step counter, counted in the saved run's accumulation
     # steps; checkpoints fall on optimizer-step boundaries, so it restarts at zero (elastic resume).

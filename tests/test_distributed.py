@@ -16,10 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from safetensors.torch import load_file
 
 from gpt.checkpoint import complete_checkpoints, latest_checkpoint, verify
 from gpt.config import ModelConfig
+from gpt.errors import UserError
+from gpt.fsdp import SHARDED_MODEL_DIR, accelerate_plugin, check_checkpoint_fits
+from gpt.model import build_model
 
 from conftest import ROOT, TINY, accelerate_launch, env, free_port, run_script
 
@@ -180,16 +184,23 @@ def test_fsdp_launch_without_gpus_is_refused_with_one_line(tmp_path, data_root):
 
 
 def test_the_fsdp_plugin_makes_one_unit_per_block():
-    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
-
-    from gpt.fsdp import accelerate_plugin
-    from gpt.model import build_model
-
     plugin = accelerate_plugin()
     assert plugin.state_dict_type.name == "SHARDED_STATE_DICT"
     model = build_model(ModelConfig(n_layer=3, n_head=2, n_embd=16, block_size=8, vocab_size=11))
     policy = fsdp2_prepare_auto_wrap_policy(plugin, model)  # what accelerate's FSDP2 prepare applies
     assert [name for name, module in model.named_modules() if policy(module)] == ["blocks.0", "blocks.1", "blocks.2"]
+
+
+def test_resuming_across_fsdp_and_ddp_is_refused_with_the_reason(tmp_path):
+    plain, sharded = tmp_path / "step-1", tmp_path / "step-2"
+    plain.mkdir()
+    (sharded / SHARDED_MODEL_DIR).mkdir(parents=True)
+    check_checkpoint_fits(plain, fsdp_run=False)
+    check_checkpoint_fits(sharded, fsdp_run=True)
+    with pytest.raises(UserError, match="saved by an FSDP run; resume it with an FSDP launch"):
+        check_checkpoint_fits(sharded, fsdp_run=False)
+    with pytest.raises(UserError, match="with FSDP: it was saved without FSDP"):
+        check_checkpoint_fits(plain, fsdp_run=True)
 
 
 @pytest.mark.slow
