@@ -299,6 +299,7 @@ def init_tracking(run: Run) -> str | None:
     derived = {
         "world_size": accelerator.num_processes,
         "accumulation_steps": run.accum,
+        "mixed_precision": accelerator.mixed_precision,  # in effect: train.mixed_precision=auto takes the launch's
         "tokens_per_step": cfg.train.batch_size * cfg.model.block_size,
         "n_params": num_params(accelerator.unwrap_model(run.model)),
         "vocab_size": run.model_cfg.vocab_size,
