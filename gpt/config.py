@@ -73,8 +73,10 @@ class TrainConfig:
     beta1: float = doc(0.9, "AdamW beta1.")
     beta2: float = doc(0.99, "AdamW beta2.")
     grad_clip: float = doc(1.0, "Clip the global gradient norm to this value; 0 disables clipping.")
-    mixed_precision: Literal["no", "bf16", "fp16"] = doc(
-        "no", "Autocast precision through accelerate: 'no', 'bf16' (CPU and GPU) or 'fp16' (GPU only)."
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = doc(
+        "auto",
+        "Autocast precision through accelerate: 'no', 'bf16' (CPU and GPU) or 'fp16' (GPU only); 'auto' takes the "
+        "launch's (accelerate launch --mixed_precision, or its config file), else 'no'.",
     )
     compile: bool = doc(False, "Wrap the model in torch.compile.")
     log_interval: int = doc(50, "Log train loss, learning rate and throughput every this many steps.")
@@ -291,9 +293,20 @@ def load_config(args: list[str]) -> Config:
         else:
             raise UserError(f"unexpected argument '{arg}': overrides look like key.sub=value (see --help)")
     for key, value in overrides:
-        _set(cfg, key, yaml.safe_load(value) if value.strip() else "", from_cli=True)
+        _set(cfg, key, _parse_override(value), from_cli=True)
     validate(cfg)
     return cfg
+
+
+def _parse_override(value: str) -> Any:
+    """A command-line value as YAML, except that only true/false are booleans: YAML 1.1 would also
+    read no/yes/on/off as booleans, turning train.mixed_precision=no or out_dir=on into False/True."""
+    if not value.strip():
+        return ""
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
+        return value.strip()
+    return parsed
 
 
 def validate(cfg: Config) -> None:

@@ -29,6 +29,7 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin, Projec
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
+from gpt import fsdp
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
@@ -182,22 +183,24 @@ def setup(cfg: Config) -> Run:
         # Several processes and no GPU: run them on CPU over gloo (accelerate's multi-process
         # launcher does not pass use_cpu from a config file on to the processes).
         cpu=launched > 1 and not torch.cuda.is_available(),
-        mixed_precision=t.mixed_precision,
+        mixed_precision=None if t.mixed_precision == "auto" else t.mixed_precision,  # None: the launch's
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1, sync_with_dataloader=False),
         log_with="wandb" if mode != "disabled" else None,
         project_config=ProjectConfiguration(project_dir=cfg.out_dir, automatic_checkpoint_naming=False),
         dynamo_backend="inductor" if t.compile else "no",
         step_scheduler_with_optimizer=False,
+        fsdp_plugin=fsdp.accelerate_plugin() if fsdp.fsdp_requested() else None,  # one unit per Block
     )
     if accelerator.num_processes != launched:
         raise UserError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}")
     accum = accumulation_steps(t.batch_size, t.micro_batch_size, accelerator.num_processes)
     accelerator.gradient_accumulation_steps = accum  # derived: batch_size / (micro_batch_size * processes)
     device = accelerator.device
-    if t.mixed_precision == "fp16" and device.type != "cuda":
-        raise UserError("train.mixed_precision=fp16 needs a CUDA GPU; on CPU use bf16 or no")
-    if accelerator.distributed_type == DistributedType.FSDP and device.type != "cuda":
-        raise UserError("FSDP needs GPUs; on CPU launch with launch/cpu_multiprocess.yaml (DDP over gloo)")
+    if accelerator.mixed_precision == "fp16" and device.type != "cuda":
+        raise UserError(
+            "mixed precision fp16 (from train.mixed_precision or the launch) needs a CUDA GPU; on CPU use bf16 or no"
+        )
+    fsdp.check_fsdp_runs(accelerator)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls (Ampere and newer)
         torch.backends.cudnn.allow_tf32 = True
@@ -268,6 +271,7 @@ def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, toke
             f"cannot resume from {folder}: it was trained with tokenizer {state['tokenizer']!r} but the data uses "
             f"{tokenizer.identity!r}; use the same data.dataset as the checkpoint"
         )
+    fsdp.check_checkpoint_fits(folder, fsdp_run=accelerator.distributed_type == DistributedType.FSDP)
     accelerator.load_state(str(folder))
     # load_state restores accelerate's micro-step counter, counted in the saved run's accumulation
     # steps; checkpoints fall on optimizer-step boundaries, so it restarts at zero (elastic resume).
@@ -298,6 +302,7 @@ def init_tracking(run: Run) -> str | None:
     derived = {
         "world_size": accelerator.num_processes,
         "accumulation_steps": run.accum,
+        "mixed_precision": accelerator.mixed_precision,  # in effect: train.mixed_precision=auto takes the launch's
         "tokens_per_step": cfg.train.batch_size * cfg.model.block_size,
         "n_params": num_params(accelerator.unwrap_model(run.model)),
         "vocab_size": run.model_cfg.vocab_size,
@@ -365,6 +370,7 @@ def save(run: Run, step: int, wandb_id: str | None, metrics: dict[str, float]) -
         full = accelerator.get_state_dict(run.model)
         if accelerator.is_main_process:
             ckpt.save_weights(full, tmp / ckpt.WEIGHTS)
+    accelerator.wait_for_everyone()  # every process has written its files (RNG state, shards) before the rename
     final = ckpt.checkpoints_dir(cfg.out_dir) / ckpt.step_dir_name(step)
     if accelerator.is_main_process:
         meta = {"step": step, "tokens_seen": step * cfg.train.batch_size * cfg.model.block_size, **metrics}
@@ -435,7 +441,7 @@ def train(cfg: Config) -> TrainResult:
     tokens_per_step = t.batch_size * cfg.model.block_size
     print0(
         accelerator,
-        f"{accelerator.num_processes} process(es) on {device.type}, mixed precision {t.mixed_precision}: "
+        f"{accelerator.num_processes} process(es) on {device.type}, mixed precision {accelerator.mixed_precision}: "
         f"global batch {t.batch_size} = micro batch {t.micro_batch_size} x {accelerator.num_processes} processes "
         f"x {run.accum} accumulation steps ({tokens_per_step:,} tokens/step); "
         f"{num_params(accelerator.unwrap_model(model)):,} parameters",

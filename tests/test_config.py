@@ -28,6 +28,12 @@ def test_overrides_are_typed():
     assert cfg.out_dir == "out/x" and cfg.wandb.tags == ["a", "b"] and cfg.train.mixed_precision == "bf16"
 
 
+def test_words_yaml_reads_as_booleans_stay_words_on_the_command_line():
+    cfg = load_config(["train.mixed_precision=no", "out_dir=on", "model.bias=off", "train.compile=yes"])
+    assert cfg.train.mixed_precision == "no" and cfg.out_dir == "on"
+    assert cfg.model.bias is False and cfg.train.compile is True
+
+
 def test_preset_then_overrides(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("model:\n  n_layer: 3\n  n_embd: 96\ntrain:\n  max_steps: 7\n")
