@@ -14,9 +14,10 @@ vocabulary has more than 65,535 entries):
 
 Training reads the tokens through ``np.memmap``: only the windows a batch needs are paged in. Two
 things keep resident memory flat however large the files and however long the run: the mapping is
-advised ``MADV_RANDOM`` (no read-ahead, so a window maps the few pages it covers instead of a
-read-ahead block around it), and every ``RESIDENT_BUDGET`` bytes of windows read, the mappings are
-dropped (``TokenFile.release``), which unmaps the pages they brought in. The pages stay in the
+advised ``MADV_RANDOM`` (no read-ahead of pages the reads will not use), and whenever the windows
+read since the last release may have mapped ``RESIDENT_BUDGET`` bytes (a window maps the pages it
+covers and, through the kernel's fault-around, up to 64 KiB of cached neighbours per page fault),
+the mappings are dropped (``TokenFile.release``), which unmaps every page they brought in. The pages stay in the
 kernel's page cache, which the kernel reclaims as it needs, so the next read of them is cheap.
 
 The batch stream is a pure function of (seed, step): optimizer step ``s`` consumes a global batch of
@@ -46,7 +47,8 @@ HEADER_SIZE = 256
 _FIXED = struct.Struct("<8sIIQII")  # magic, version, itemsize, num_tokens, vocab_size, identity length
 MAX_IDENTITY = HEADER_SIZE - _FIXED.size
 _EVAL_STREAM = 0x6576616C  # separates the eval windows' random stream from the training one
-RESIDENT_BUDGET = 64 << 20  # bytes of windows read between two releases of the mappings
+RESIDENT_BUDGET = 64 << 20  # bytes a stream may map between two releases of its mappings
+FAULT_AROUND = 64 << 10  # Linux's default fault-around: what one page fault may map
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -200,8 +202,8 @@ class TokenStream:
 
     def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
         """A (len(starts), length) int64 array of windows."""
-        # Each window maps the pages it covers (and one more where it straddles a page boundary).
-        self._read_since_release += len(starts) * (length * self.itemsize + mmap.PAGESIZE)
+        # A read fault maps up to FAULT_AROUND bytes of neighbouring pages that are in the page cache.
+        self._read_since_release += len(starts) * ((length * self.itemsize) // FAULT_AROUND + 2) * FAULT_AROUND
         if self._read_since_release > RESIDENT_BUDGET:  # keep resident memory flat on long runs over large files
             self.release()
         if len(self.files) == 1:  # one gather instead of a Python loop over windows
