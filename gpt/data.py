@@ -156,6 +156,15 @@ class TokenFile:
             self._map = tokens
         return self._map
 
+    def will_need(self, start: int, count: int) -> None:
+        """Start reading tokens [start, start + count) from disk now, without waiting (MADV_WILLNEED):
+        the reads of a batch's windows then overlap instead of following one another."""
+        base = self.tokens.base
+        if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_WILLNEED"):
+            lo = HEADER_SIZE + start * self.dtype.itemsize  # the mapping starts at the file's first byte
+            aligned = lo - lo % mmap.PAGESIZE
+            base.madvise(mmap.MADV_WILLNEED, aligned, lo + count * self.dtype.itemsize - aligned)
+
     def release(self) -> None:
         """Drop the mapping so the pages it brought in stop counting against this process."""
         self._map = None
@@ -200,12 +209,22 @@ class TokenStream:
             i += 1
         return out
 
+    def will_need(self, starts: np.ndarray, length: int) -> None:
+        """Start reading the windows [start, start + length) from disk now, all at once."""
+        first = np.searchsorted(self.offsets, starts, side="right") - 1
+        last = np.searchsorted(self.offsets, np.asarray(starts) + length - 1, side="right") - 1
+        for start, i, j in zip(starts.tolist(), first.tolist(), last.tolist(), strict=True):
+            for k in range(i, j + 1):  # the pieces of a window that crosses file boundaries
+                lo = max(start, int(self.offsets[k]))
+                self.files[k].will_need(lo - int(self.offsets[k]), min(start + length, int(self.offsets[k + 1])) - lo)
+
     def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
         """A (len(starts), length) int64 array of windows."""
         # A read fault maps up to FAULT_AROUND bytes of neighbouring pages that are in the page cache.
         self._read_since_release += len(starts) * ((length * self.itemsize) // FAULT_AROUND + 2) * FAULT_AROUND
         if self._read_since_release > RESIDENT_BUDGET:  # keep resident memory flat on long runs over large files
             self.release()
+        self.will_need(np.asarray(starts, dtype=np.int64), length)
         if len(self.files) == 1:  # one gather instead of a Python loop over windows
             index = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(length)
             return self.files[0].tokens[index].astype(np.int64)

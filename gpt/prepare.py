@@ -48,7 +48,8 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +316,12 @@ def _run_task(task: Task) -> Encoded:
     return encode_task(_worker_encoder, task)
 
 
+def worker_context() -> BaseContext:
+    """Fork where there is fork: a tokenizer process then starts at once (it needs nothing but numpy and
+    the tokenizer, and touches none of the parent's threads); spawn elsewhere."""
+    return get_context("fork" if "fork" in get_all_start_methods() else "spawn")
+
+
 class Encoders:
     """Encodes tasks in order, in this process (num_proc 1) or in a pool with a bounded queue."""
 
@@ -325,7 +332,7 @@ class Encoders:
         self.limit = 2 * num_proc  # tasks in flight: keeps every process busy and memory bounded
         if num_proc > 1:
             self.pool = ProcessPoolExecutor(
-                num_proc, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(tokenizer.to_dict(),)
+                num_proc, mp_context=worker_context(), initializer=_start_worker, initargs=(tokenizer.to_dict(),)
             )
 
     def submit(self, task: Task) -> Iterator[Encoded]:
