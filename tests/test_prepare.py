@@ -355,3 +355,25 @@ def test_training_on_data_of_a_larger_vocabulary_than_the_model_is_refused(tmp_p
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"{data_root / 'tiny' / 'train-000000.tok'} holds token ids of a vocabulary of" in r.stderr
+
+
+def test_gpt2_124m_preset_is_the_reproduction_setup():
+    import torch
+
+    from gpt.config import load_config
+    from gpt.model import build_model
+    from gpt.trainer import accumulation_steps
+
+    cfg = load_config(["gpt2_124m_fineweb"])
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (12, 12, 768, 1024)
+    assert cfg.train.batch_size * cfg.model.block_size == 524_288  # ~0.5M tokens per step
+    assert [accumulation_steps(cfg.train.batch_size, cfg.train.micro_batch_size, n) for n in (1, 2, 4, 8)] == [
+        8,
+        4,
+        2,
+        1,
+    ]
+    cfg.model.vocab_size = GPT2Tokenizer().vocab_size  # what model.vocab_size=0 takes from the prepared data
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6) == 124
