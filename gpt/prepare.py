@@ -63,7 +63,7 @@ BUILTIN_DATASETS = {  # name -> (bundled text, tokenizer)
     "shakespeare_char": (ASSETS / "tinyshakespeare.txt", "char"),
     "shakespeare_gpt2": (ASSETS / "tinyshakespeare.txt", "gpt2"),
 }
-TABLE_KINDS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
+TABLE_KINDS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "tsv"}
 MANIFEST = "prepare.json"
 STAGING = ".incomplete"
 SHARD_DIGITS = 6
@@ -81,6 +81,7 @@ class Source:
     """A `datasets` dataset (map-style or iterable) and where its text is."""
 
     dataset: Any
+    name: str  # what the user gave: a path, a glob or a dataset name
     column: str
     description: dict  # what the manifest records to recognise the same input again
     files: list[Path]  # local files, to locate decoding errors; empty for hub and in-memory data
@@ -118,6 +119,7 @@ def file_kind(path: Path) -> str:
 def local_source(spec: str, text_column: str, sample_by: str) -> Source:
     """Local files through `datasets`' packaged builders, streamed (no Arrow copy, no cache)."""
     from datasets import load_dataset
+    from pyarrow import ArrowException
 
     files = input_files(spec)
     kinds = sorted({file_kind(f) for f in files})
@@ -128,12 +130,15 @@ def local_source(spec: str, text_column: str, sample_by: str) -> Source:
     if kind == "text":
         options["sample_by"] = sample_by
         text_column = "text"
-    elif kind == "csv" and files[0].suffix.lower() == ".tsv":
-        options["sep"] = "\t"
-    dataset = load_dataset(kind, data_files=[str(f) for f in files], split="train", streaming=True, **options)
+    elif kind == "tsv":
+        kind, options["sep"] = "csv", "\t"
+    try:
+        dataset = load_dataset(kind, data_files=[str(f) for f in files], split="train", streaming=True, **options)
+    except (ArrowException, ValueError) as e:
+        raise UserError(f"could not read {spec}: {e}") from None
     described = [{"path": str(f.resolve()), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in files]
     description = {"files": described, "sample_by": sample_by} if kind == "text" else {"files": described}
-    return Source(dataset, text_column, description | {"column": text_column}, files if kind == "text" else [])
+    return Source(dataset, spec, text_column, description | {"column": text_column}, files if kind == "text" else [])
 
 
 def hub_source(name: str, config: str | None, split: str, text_column: str, streaming: bool, num_proc: int) -> Source:
@@ -146,7 +151,7 @@ def hub_source(name: str, config: str | None, split: str, text_column: str, stre
     except (FileNotFoundError, ValueError, ConnectionError) as e:
         raise UserError(f"could not load dataset {name!r} (config {config!r}, split {split!r}): {e}") from None
     description = {"dataset": name, "config": config, "split": split, "column": text_column}
-    return Source(dataset, text_column, description, [])
+    return Source(dataset, name, text_column, description, [])
 
 
 def memory_source(text: str) -> Source:
@@ -154,11 +159,13 @@ def memory_source(text: str) -> Source:
     from datasets import Dataset
 
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return Source(Dataset.from_dict({"text": [text]}), "text", {"text_sha256": digest}, [])
+    return Source(Dataset.from_dict({"text": [text]}), "text in memory", "text", {"text_sha256": digest}, [])
 
 
 def iter_texts(source: Source, batch_rows: int = 256) -> Iterator[list[str]]:
     """The documents of a source in input order, in lists; a missing value counts as an empty document."""
+    from pyarrow import ArrowException
+
     dataset = source.dataset
     columns = dataset.column_names
     if columns is not None and source.column not in columns:
@@ -178,6 +185,8 @@ def iter_texts(source: Source, batch_rows: int = 256) -> Iterator[list[str]]:
             yield [value or "" for value in texts]
     except UnicodeDecodeError:
         raise UserError(non_utf8_message(source.files)) from None
+    except (ArrowException, ValueError) as e:  # a malformed table: pyarrow's and pandas' parsers
+        raise UserError(f"could not read {source.name}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 
 from gpt.data import TokenFile, TokenStream, split_files
 from gpt.errors import UserError
-from gpt.prepare import STAGING, ensure_dataset, is_prepared, utf8_error
+from gpt.prepare import STAGING, ensure_dataset, is_prepared, read_text, utf8_error
 from gpt.prepare import main as prepare_main
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer, load_tokenizer
 
@@ -332,6 +332,25 @@ def test_utf8_error_is_exact_across_read_chunks(tmp_path):
         assert "byte 0xff at line 3, column 3 (offset 18)" in utf8_error(path, chunk_bytes=chunk)
     path.write_bytes("é☃\n€€€".encode())
     assert all(utf8_error(path, chunk_bytes=c) is None for c in (1, 2, 3))
+
+
+def test_malformed_tables_are_one_clear_error(tmp_path, capsys):
+    (tmp_path / "a.jsonl").write_text('{"text": "a"}\n{"text": broken\n')
+    (tmp_path / "b.csv").write_text('text,x\n"a,1\n')
+    (tmp_path / "c.parquet").write_bytes(b"PAR1 not really")
+    for name in ("a.jsonl", "b.csv", "c.parquet"):
+        assert prepare_main(["--input", str(tmp_path / name), "--out", str(tmp_path / "o"), "--num_proc", "1"]) == 2
+        assert f"error: could not read {tmp_path / name}: " in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_read_text_says_where_the_file_stops_being_utf8(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("hello\nthere caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match="byte 0xe9 at line 2, column 10"):
+        read_text(path)
+    path.write_text("fine ☃")
+    assert read_text(path) == "fine ☃"
 
 
 def test_missing_column_and_mixed_inputs_are_clear(tmp_path, capsys):
