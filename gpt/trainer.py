@@ -209,11 +209,8 @@ def setup(cfg: Config) -> Run:
     model_cfg = ModelConfig(**to_dict(cfg.model))
     if model_cfg.vocab_size == 0:
         model_cfg.vocab_size = tokenizer.vocab_size
-    if model_cfg.vocab_size < train_data.vocab_size:
-        raise UserError(
-            f"model.vocab_size ({model_cfg.vocab_size}) is smaller than the data's vocabulary "
-            f"({train_data.vocab_size}, {train_data.files[0].path}); use model.vocab_size=0 to take it from the data"
-        )
+    for data in (train_data, val_data):
+        data.check_model(model_cfg.vocab_size)
 
     resume_from = resolve_resume(cfg)
     set_seed(cfg.seed)  # identical initial weights on every process

@@ -1,6 +1,6 @@
 """Throughput of 1 and 2 CPU processes on the default model, and the cost of accelerate's accumulate path.
 
-    flock -x /tmp/cpu.lock python benchmarks/distributed.py            # about 4 minutes on 2 cores
+    flock -x /tmp/cpu.lock python bench/distributed.py            # about 4 minutes on 2 cores
 
 1. Scaling. ``train.py`` with the default model and batch (no model overrides) for ``--steps`` steps,
    run three ways over the same global batch of 32 sequences: one process with torch's default
