@@ -134,7 +134,9 @@ class SampleConfig:
     )
     start: str = doc("\n", "Prompt text, or FILE:path to read it from a file.")
     num_samples: int = doc(3, "Number of samples, generated together as one batch.")
-    max_new_tokens: int = doc(500, "Tokens to generate per sample.")
+    max_new_tokens: int = doc(
+        500, "Tokens to generate per sample; a sample of a BPE model stops earlier at end-of-text."
+    )
     temperature: float = doc(0.8, "Softmax temperature; 0 picks the most likely token (greedy).")
     top_k: int = doc(0, "Sample only from the k most likely tokens; 0 disables.")
     top_p: float = doc(1.0, "Nucleus sampling: the smallest set of tokens whose probability reaches p; 1 disables.")
