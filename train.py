@@ -29,8 +29,12 @@ def main(argv: list[str]) -> int:
 
     result = train(cfg)
     if result.is_main_process:
-        val = result.metrics.get("eval/val/loss", float("nan"))
-        print(f"done: step {result.step}, val loss {val:.4f}; sample with: python sample.py --out_dir {cfg.out_dir}")
+        m = result.metrics
+        if "final/val/loss" in m:  # the full pass over val (train.final_eval)
+            val = f"val loss {m['final/val/loss']:.4f}, {m['final/val/bits_per_byte']:.4f} bits per byte"
+        else:
+            val = f"val loss {m.get('eval/val/loss', float('nan')):.4f}"
+        print(f"done: step {result.step}, {val}; sample with: python sample.py --out_dir {cfg.out_dir}")
     return 0
 
 

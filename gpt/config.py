@@ -84,6 +84,11 @@ class TrainConfig:
     eval_windows: int = doc(
         256, "Windows of block_size tokens per split in each evaluation, shared out over processes."
     )
+    final_eval: bool = doc(
+        True,
+        "After the last step, evaluate on the whole val split (gpt.evaluate: loss, perplexity, bits per byte), "
+        "log it to W&B as final/val/* and write it to out_dir/eval.json.",
+    )
     checkpoint_interval: int = doc(1000, "Save a resumable checkpoint every this many steps (and at the end).")
     keep_last: int = doc(2, "Number of most recent checkpoints to keep; older ones are deleted.")
     keep_best: bool = doc(
@@ -134,14 +139,48 @@ class SampleConfig:
     )
     start: str = doc("\n", "Prompt text, or FILE:path to read it from a file.")
     num_samples: int = doc(3, "Number of samples, generated together as one batch.")
-    max_new_tokens: int = doc(500, "Tokens to generate per sample.")
+    max_new_tokens: int = doc(
+        500, "Tokens to generate per sample; a sample of a BPE model stops earlier at end-of-text."
+    )
     temperature: float = doc(0.8, "Softmax temperature; 0 picks the most likely token (greedy).")
     top_k: int = doc(0, "Sample only from the k most likely tokens; 0 disables.")
     top_p: float = doc(1.0, "Nucleus sampling: the smallest set of tokens whose probability reaches p; 1 disables.")
     seed: int = doc(1337, "Random seed; the same seed gives the same samples.")
+    context_mode: Literal["exact", "fast"] = doc(
+        "exact",
+        "Past the context length: 'exact' re-fills the key/value cache from the last block_size tokens at "
+        "every step (the same tokens as decoding without a cache, one full forward pass per token); 'fast' "
+        "drops the oldest half of the window and re-fills once per half window (much faster, but the model "
+        "then sees between block_size/2 + 1 and block_size tokens, so samples differ from 'exact' past the "
+        "context length).",
+    )
     device: str = doc("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps'.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
         "auto", "Weights and activations dtype; 'auto' is bfloat16 on a GPU that supports it, else float32."
+    )
+
+
+@dataclass
+class EvalConfig:
+    """A full evaluation pass over one split (python -m gpt.evaluate)."""
+
+    out_dir: str = doc(
+        "out/default", "Model to evaluate: a run directory (its newest checkpoint), a checkpoint or a model folder."
+    )
+    data: str = doc(
+        "",
+        "Dataset folder holding <split>.tok (or <split>-*.tok shards); empty: the dataset the run was trained "
+        "on, as named in its checkpoint (data.root/data.dataset, relative to the current directory).",
+    )
+    split: str = doc("val", "Split to evaluate: 'val', 'train', or any <split> with token files in the folder.")
+    batch_size: int = doc(8, "Windows of block_size tokens per forward pass, per process.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = doc(
+        "no", "Autocast precision through accelerate: 'no', 'bf16' (CPU and GPU) or 'fp16' (GPU only)."
+    )
+    json: str = doc(
+        "",
+        "Where to write the results as JSON; empty: eval-<split>.json in the run directory (in the model folder "
+        "when it is not part of a run).",
     )
 
 

@@ -33,6 +33,7 @@ from gpt import fsdp
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
+from gpt.evaluate import final_evaluation
 from gpt.model import build_model, num_params
 from gpt.prepare import ensure_dataset
 from gpt.tokenizer import Tokenizer, load_tokenizer
@@ -523,6 +524,12 @@ def train(cfg: Config) -> TrainResult:
         batches.close()
         progress.close()
         stop.restore()
+    if t.final_eval:  # the full pass over val (gpt.evaluate): logged as final/val/*, written to out_dir/eval.json
+        final = final_evaluation(
+            accelerator, model, run.val_data, run.tokenizer, cfg.model.block_size, t.micro_batch_size, cfg.out_dir, step
+        )
+        metrics_log.write(final | {"step": step})
+        last |= final
     accelerator.end_training()
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     return TrainResult(step, last, unwrapped, accelerator.is_main_process)

@@ -1,6 +1,8 @@
 """End to end, as a user runs it: train.py, then sample.py, in subprocesses."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +10,10 @@ import pytest
 import torch
 
 from gpt.checkpoint import latest_checkpoint, load_exported
+from gpt.data import TokenStream, split_files
 
 import wandb_offline
-from conftest import TINY, run_script
+from conftest import TINY, env, run_script
 
 
 def metrics(out: Path) -> list[dict]:
@@ -107,3 +110,23 @@ def test_resume_continues_from_the_latest_checkpoint(trained, data_root, tmp_pat
     runs = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len({wandb_offline.run_id(p) for p in runs}) == 1  # one W&B run, continued
     assert latest_checkpoint(out).name == "step-0000030"
+
+
+def test_final_evaluation_is_the_full_val_pass_logged_and_written_beside_the_checkpoint(trained, data_root):
+    out, r = trained
+    final = json.loads((out / "eval.json").read_text())
+    n_val = len(TokenStream(split_files(data_root / "tiny", "val")))
+    assert final["step"] == 20 and final["split"] == "val" and final["tokens"] == n_val - 1
+    assert final["checkpoint"].endswith("step-0000020") and "bits per byte" in r.stdout
+    logged = [m for m in metrics(out) if "final/val/loss" in m]
+    assert len(logged) == 1 and logged[0]["final/val/bits_per_byte"] == pytest.approx(final["bits_per_byte"])
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    assert wandb_offline.history(run_file)[20]["final/val/bits_per_byte"] == pytest.approx(final["bits_per_byte"])
+
+    # the evaluation command, on the saved checkpoint, finds the run's data and gives the same figures
+    cmd = [sys.executable, "-m", "gpt.evaluate", "--out_dir", str(out)]
+    again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    by_command = json.loads((out / "eval-val.json").read_text())
+    assert by_command["tokens"] == final["tokens"] and by_command["bytes"] == final["bytes"]
+    assert by_command["loss"] == pytest.approx(final["loss"], rel=1e-9)
