@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from gpt.checkpoint import save_weights, write_export
 from gpt.config import ModelConfig
-from gpt.data import TokenStream, write_token_file
+from gpt.data import TokenStream, split_files, write_token_file
 from gpt.evaluate import evaluate_split, token_byte_lengths
 from gpt.model import GPT, BigramLanguageModel
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer, load_tokenizer
@@ -110,7 +110,7 @@ def test_two_processes_give_what_one_process_gives(tmp_path, export, data_root):
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     assert (a["processes"], b["processes"]) == (1, 2)
-    n_val = len(TokenStream([data_root / "tiny" / "val.tok"]))
+    n_val = len(TokenStream(split_files(data_root / "tiny", "val")))
     assert a["tokens"] == b["tokens"] == n_val - 1 and a["bytes"] == b["bytes"]
     for key in ("loss", "perplexity", "bits_per_byte"):
         assert b[key] == pytest.approx(a[key], rel=1e-6), key
