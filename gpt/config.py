@@ -39,6 +39,18 @@ class ModelConfig:
     dropout: float = doc(0.0, "Dropout probability on attention weights, residual branches and embeddings.")
     bias: bool = doc(True, "Biases in Linear layers and LayerNorms (False is slightly faster).")
     vocab_size: int = doc(0, "Vocabulary size; 0 takes it from the tokenizer of the data.")
+    gelu: Literal["exact", "tanh"] = doc(
+        "exact",
+        "GELU in the MLP: 'exact' (erf, as in the lecture) or 'tanh' (the approximation GPT-2 was trained "
+        "with; taken from the source model with init_from).",
+    )
+    init_from: str = doc(
+        "",
+        "Start from a pretrained GPT-2: a local transformers checkpoint directory or a Hugging Face hub id "
+        "(e.g. gpt2; needs the hf extra and, for a hub id, network). The architecture and weights come from it; "
+        "block_size may be smaller than its context (positions are cropped); the data must use the gpt2 "
+        "tokenizer. Empty: random initialisation.",
+    )
 
 
 @dataclass
@@ -82,6 +94,12 @@ class TrainConfig:
     eval_windows: int = doc(
         256, "Windows of block_size tokens per split in each evaluation, shared out over processes."
     )
+    eval_samples: int = doc(
+        3,
+        "Text samples generated at each evaluation (main process), written to samples.jsonl and a W&B table; "
+        "0 disables. Skipped under FSDP, where a forward pass needs every process.",
+    )
+    eval_sample_tokens: int = doc(100, "Length of each evaluation sample, in tokens.")
     checkpoint_interval: int = doc(1000, "Save a resumable checkpoint every this many steps (and at the end).")
     keep_last: int = doc(2, "Number of most recent checkpoints to keep; older ones are deleted.")
 
@@ -101,6 +119,11 @@ class WandbConfig:
     group: str = doc("", "Run group, e.g. to gather a sweep.")
     tags: list[str] = doc([], "Run tags, comma-separated on the command line.")
     notes: str = doc("", "Free-text notes for the run.")
+    log_model: bool = doc(
+        False,
+        "At the end of training, upload the final exported model (checkpoints/step-N/model/) as a W&B "
+        "artifact of type 'model'.",
+    )
 
 
 @dataclass
@@ -165,6 +188,8 @@ def _convert(key: str, value: Any, tp: Any, from_cli: bool) -> Any:
     origin = get_origin(tp)
     if origin is Literal:
         choices = get_args(tp)
+        if value is False and "no" in choices:  # YAML reads a bare `no` as false
+            return "no"
         if str(value).lower() in [str(c) for c in choices]:
             return str(value).lower()
         raise fail("one of " + ", ".join(repr(c) for c in choices))
@@ -302,6 +327,7 @@ def validate(cfg: Config) -> None:
         "train.micro_batch_size": t.micro_batch_size, "train.log_interval": t.log_interval,
         "train.eval_interval": t.eval_interval, "train.eval_windows": t.eval_windows,
         "train.checkpoint_interval": t.checkpoint_interval, "train.keep_last": t.keep_last,
+        "train.eval_sample_tokens": t.eval_sample_tokens,
     }  # fmt: skip
     for key, value in positive.items():
         if value <= 0:
@@ -323,6 +349,10 @@ def validate(cfg: Config) -> None:
         )
     if t.warmup_steps < 0:
         raise UserError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    if t.eval_samples < 0:
+        raise UserError(f"train.eval_samples must be >= 0 (0 disables samples), got {t.eval_samples}")
+    if m.init_from and m.kind != "gpt":
+        raise UserError(f"model.init_from loads a GPT-2 and needs model.kind=gpt, got model.kind={m.kind}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

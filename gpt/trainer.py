@@ -29,12 +29,14 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin, Projec
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
+from gpt import hf
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
 from gpt.model import build_model, num_params
 from gpt.prepare import ensure_dataset
 from gpt.tokenizer import Tokenizer, load_tokenizer
+from gpt.tracking import Tracking
 
 EXIT_PREEMPTED = 75  # training stopped by SIGTERM/SIGUSR1 after saving; resume with resume=auto
 
@@ -202,6 +204,9 @@ def setup(cfg: Config) -> Run:
         torch.backends.cudnn.allow_tf32 = True
 
     tokenizer, train_data, val_data = open_data(cfg, accelerator)
+    if cfg.model.init_from:  # the architecture is the pretrained model's (gpt.hf)
+        with accelerator.local_main_process_first():
+            print0(accelerator, hf.adopt_architecture(cfg.model, tokenizer))
     model_cfg = ModelConfig(**to_dict(cfg.model))
     if model_cfg.vocab_size == 0:
         model_cfg.vocab_size = tokenizer.vocab_size
@@ -213,7 +218,11 @@ def setup(cfg: Config) -> Run:
 
     resume_from = resolve_resume(cfg)
     set_seed(cfg.seed)  # identical initial weights on every process
-    model = build_model(model_cfg).to(device)
+    model = build_model(model_cfg)
+    if cfg.model.init_from and resume_from is None:
+        with accelerator.local_main_process_first():
+            hf.load_pretrained(model, cfg.model.init_from)
+    model = model.to(device)
     optimizer = make_optimizer(model, t, device)
     model, optimizer = accelerator.prepare(model, optimizer)
     register_weight_hooks(accelerator)
@@ -439,6 +448,7 @@ def train(cfg: Config) -> TrainResult:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     wandb_id = init_tracking(run)
+    tracking = Tracking(accelerator, cfg, model, run.tokenizer)  # memory, samples, loss.png, W&B extras
     metrics_log = MetricsLog(cfg.out_dir, accelerator.is_main_process)
 
     step = run.start_step
@@ -483,6 +493,7 @@ def train(cfg: Config) -> TrainResult:
                     "train/loss": loss_mean, "lr": lr, "grad_norm": float(grad_norm),
                     "tokens_per_s": timer_steps * tokens_per_step / elapsed, "step_ms": 1000 * elapsed / timer_steps,
                 }  # fmt: skip
+                record |= tracking.memory()
                 if not math.isfinite(loss_mean):
                     raise UserError(
                         f"the loss became {loss_mean} at step {step}; lower train.learning_rate "
@@ -495,6 +506,8 @@ def train(cfg: Config) -> TrainResult:
                 record |= {"step": step, "tokens": step * tokens_per_step}
                 last |= record
                 log(accelerator, progress, metrics_log, record)
+            if step % t.eval_interval == 0 or boundary:
+                tracking.after_eval(step)
             if step % t.checkpoint_interval == 0 or boundary or stopping:
                 path = save(run, step, wandb_id, {k: v for k, v in last.items() if k.startswith("eval/")})
                 print0(accelerator, f"saved {path}")
@@ -508,6 +521,7 @@ def train(cfg: Config) -> TrainResult:
         batches.close()
         progress.close()
         stop.restore()
+    tracking.finish(step, last)
     accelerator.end_training()
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     return TrainResult(step, last, unwrapped, accelerator.is_main_process)
