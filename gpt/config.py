@@ -1,7 +1,10 @@
 """Typed run configuration: one dataclass per concern, YAML presets, ``key.sub=value`` overrides.
 
+    python -m gpt.config               # every config key with its type, default and meaning
+    python -m gpt.config --markdown    # the same as the README's config table
+
 Every field carries its documentation in ``metadata["doc"]``; ``train.py --help`` and the config
-table in the README are generated from it (``python -m gpt.config --markdown``).
+table in the README are generated from it.
 """
 
 from __future__ import annotations
@@ -113,12 +116,12 @@ class WandbConfig:
         "'auto': online when credentials are present, else offline (sync later with `wandb sync`). "
         "WANDB_MODE, when set, wins over 'auto'.",
     )
-    project: str = doc("gpt", "W&B project.")
-    entity: str = doc("", "W&B entity (user or team); empty uses your default.")
-    name: str = doc("", "Run name; empty uses the out_dir's folder name.")
-    group: str = doc("", "Run group, e.g. to gather a sweep.")
-    tags: list[str] = doc([], "Run tags, comma-separated on the command line.")
-    notes: str = doc("", "Free-text notes for the run.")
+    project: str = doc("", "W&B project; empty uses WANDB_PROJECT, else 'gpt'.")
+    entity: str = doc("", "W&B entity (user or team); empty uses WANDB_ENTITY, else your default.")
+    name: str = doc("", "Run name; empty uses WANDB_NAME, else the out_dir's folder name.")
+    group: str = doc("", "Run group, e.g. to gather a sweep; empty uses WANDB_RUN_GROUP.")
+    tags: list[str] = doc([], "Run tags, comma-separated on the command line; empty uses WANDB_TAGS.")
+    notes: str = doc("", "Free-text notes for the run; empty uses WANDB_NOTES.")
     log_model: bool = doc(
         False,
         "At the end of training, upload the final exported model (checkpoints/step-N/model/) as a W&B "
@@ -442,4 +445,5 @@ if __name__ == "__main__":
     if "--markdown" in sys.argv:
         print(markdown_table())
     else:
+        print(__doc__)
         print(help_text("python -m gpt.config"))

@@ -67,11 +67,12 @@ TOP_PARAMS = [
 
 def require_transformers() -> None:
     try:
-        import transformers  # noqa: F401
+        from transformers.utils import logging
     except ImportError:
         raise UserError(
             'this needs the transformers package: pip install -e ".[hf]" (or pip install transformers)'
         ) from None
+    logging.disable_progress_bar()  # one line per model, not a progress bar per load and save
 
 
 def name_pairs(n_layer: int) -> list[tuple[str, str, bool]]:

@@ -293,7 +293,7 @@ def init_tracking(run: Run) -> str | None:
         "resume": "allow",
         "mode": run.wandb_mode,
         "dir": str(Path(cfg.out_dir).resolve()),
-        "name": cfg.wandb.name or Path(cfg.out_dir).name,
+        "name": cfg.wandb.name or os.environ.get("WANDB_NAME") or Path(cfg.out_dir).name,
     }
     for key in ("entity", "group", "notes"):
         if getattr(cfg.wandb, key):
@@ -309,7 +309,9 @@ def init_tracking(run: Run) -> str | None:
         "vocab_size": run.model_cfg.vocab_size,
     }
     accelerator.init_trackers(
-        cfg.wandb.project, config=to_dict(cfg) | {"derived": derived}, init_kwargs={"wandb": init}
+        cfg.wandb.project or os.environ.get("WANDB_PROJECT") or "gpt",
+        config=to_dict(cfg) | {"derived": derived},
+        init_kwargs={"wandb": init},
     )
     if accelerator.is_main_process and run.wandb_mode == "offline":
         run_dir = Path(accelerator.get_tracker("wandb", unwrap=True).dir).parent

@@ -32,6 +32,8 @@ def trained(tmp_path_factory, data_root):
         "wandb.log_model=true",
         cwd=out.parent,
         WANDB_DATA_DIR=str(out.parent / "wandb-data"),  # W&B stages artifacts here, not in the home folder
+        WANDB_PROJECT="from-env",
+        WANDB_RUN_GROUP="group-from-env",
     )
     assert r.returncode == 0, r.stdout + r.stderr
     return out, r
@@ -68,6 +70,10 @@ def test_wandb_offline_run_holds_the_logged_losses(trained):
     assert config["model"]["n_layer"] == 2 and config["derived"]["accumulation_steps"] == 1
     state = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())
     assert wandb_offline.run_id(run_file) == state["wandb_id"]
+    info = wandb_offline.run_info(run_file)  # from the config, else the WANDB_* variables, else defaults
+    assert info == {"project": "from-env", "name": "tiny", "group": "group-from-env", "tags": ["test", "tiny"],
+                     "notes": ""}  # fmt: skip
+    assert config["derived"]["tokens_per_step"] == 8 * 32 and config["derived"]["world_size"] == 1
 
 
 def offline_run_file(out: Path) -> Path:
@@ -113,7 +119,7 @@ def test_wandb_summary_holds_the_final_metrics_and_the_model_artifact(trained):
     assert summary["eval/val/loss"] == pytest.approx(final["eval/val/loss"])
     (model,) = [a for a in wandb_offline.artifacts(run_file) if a["type"] == "model"]
     assert model["name"] == f"model-{wandb_offline.run_id(run_file)}"
-    assert model["aliases"] == ["latest", "step-0000020"]
+    assert sorted(model["aliases"]) == ["latest", "step-0000020"]
     assert model["files"] == ["config.json", "model.safetensors", "tokenizer.json"]
 
 

@@ -69,6 +69,16 @@ def config(path: str | Path) -> dict[str, object]:
     return out
 
 
+def run_info(path: str | Path) -> dict[str, object]:
+    """Project, name, group, tags and notes of the run, as given to wandb.init."""
+    for rec in records(path):
+        if rec.WhichOneof("record_type") == "run":
+            r = rec.run
+            return {"project": r.project, "name": r.display_name, "group": r.run_group, "tags": list(r.tags),
+                    "notes": r.notes}  # fmt: skip
+    raise AssertionError(f"no run record in {path}")
+
+
 def run_id(path: str | Path) -> str:
     for rec in records(path):
         if rec.WhichOneof("record_type") == "run":
