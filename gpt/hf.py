@@ -233,7 +233,7 @@ def cannot_load(source: str, error: Exception) -> str:
         return f"cannot load {source!r} as a transformers GPT-2 checkpoint: {first}"
     return (
         f"cannot load {source!r}: it is not a local directory, and fetching it from the Hugging Face hub failed "
-        f"({first}); where there is network, `huggingface-cli download {source} --local-dir DIR`, then pass DIR"
+        f"({first}); where there is network, `hf download {source} --local-dir DIR`, then pass DIR"
     )
 
 

@@ -102,21 +102,31 @@ class Tracking:
         self.refresh_plot()
 
     def generate_samples(self) -> list[str]:
-        """A few continuations of an empty document (a newline for character models), seeded so that
-        samples at successive evaluations are comparable; training's random state is left alone."""
+        """A few continuations of the start of a document, seeded so that samples at successive
+        evaluations are comparable; training's random state is left alone."""
         from gpt.generate import generate_text
 
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         was_training = model.training
         model.eval()
         try:
-            prompt = "" if self.tokenizer.eot_id is not None else "\n"
             return generate_text(
-                model, self.tokenizer, prompt, max_new_tokens=self.cfg.train.eval_sample_tokens,
+                model, self.tokenizer, self.prompt(), max_new_tokens=self.cfg.train.eval_sample_tokens,
                 num_samples=self.sample_count, temperature=0.8, top_k=200, seed=self.cfg.seed,
             )  # fmt: skip
         finally:
             model.train(was_training)
+
+    def prompt(self) -> str:
+        """The start of a document: end-of-text for BPE (an empty prompt), else a newline, else the
+        first character of a vocabulary that has no newline."""
+        if self.tokenizer.eot_id is not None:
+            return ""
+        try:
+            self.tokenizer.encode("\n")
+            return "\n"
+        except UserError:
+            return self.tokenizer.decode([0])
 
     def log_samples(self, step: int) -> None:
         texts = self.generate_samples()
