@@ -204,3 +204,10 @@ def test_init_from_refuses_a_gpt2_it_cannot_compute(tmp_path):
 def test_init_from_a_missing_directory_is_one_clear_error_without_a_download(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         hf.adopt_architecture(ModelConfig(init_from=str(tmp_path / "nope")), GPT2Tokenizer())
+
+
+def test_resume_refuses_a_model_with_the_other_gelu(tmp_path):
+    saved = {"kind": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "bias": True,
+             "vocab_size": 65, "gelu": "tanh"}  # fmt: skip
+    with pytest.raises(UserError, match="model.gelu is 'tanh' in the checkpoint but 'exact' now"):
+        ckpt.check_same_model(saved, ModelConfig(vocab_size=65), tmp_path)
