@@ -273,7 +273,7 @@ def load_exported(path: str | Path) -> tuple[torch.nn.Module, Tokenizer, dict[st
 def check_same_model(saved: dict[str, Any], current: ModelConfig, folder: Path) -> None:
     """Refuse to resume into a model of another shape, naming the field that differs."""
     now = to_dict(current)
-    for key in ("kind", "n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size"):
+    for key in ("kind", "n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "gelu"):
         if saved.get(key) != now.get(key):
             raise UserError(
                 f"cannot resume from {folder}: model.{key} is {saved.get(key)!r} in the checkpoint but "

@@ -1,7 +1,10 @@
 """Typed run configuration: one dataclass per concern, YAML presets, ``key.sub=value`` overrides.
 
+    python -m gpt.config               # every config key with its type, default and meaning
+    python -m gpt.config --markdown    # the same as the README's config table
+
 Every field carries its documentation in ``metadata["doc"]``; ``train.py --help`` and the config
-table in the README are generated from it (``python -m gpt.config --markdown``).
+table in the README are generated from it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,18 @@ class ModelConfig:
     dropout: float = doc(0.0, "Dropout probability on attention weights, residual branches and embeddings.")
     bias: bool = doc(True, "Biases in Linear layers and LayerNorms (False is slightly faster).")
     vocab_size: int = doc(0, "Vocabulary size; 0 takes it from the tokenizer of the data.")
+    gelu: Literal["exact", "tanh"] = doc(
+        "exact",
+        "GELU in the MLP: 'exact' (erf, as in the lecture) or 'tanh' (the approximation GPT-2 was trained "
+        "with; taken from the source model with init_from).",
+    )
+    init_from: str = doc(
+        "",
+        "Start from a pretrained GPT-2: a local transformers checkpoint directory or a Hugging Face hub id "
+        "(e.g. gpt2; needs the hf extra and, for a hub id, network). The architecture and weights come from it; "
+        "block_size may be smaller than its context (positions are cropped); the data must use the gpt2 "
+        "tokenizer. Empty: random initialisation.",
+    )
 
 
 @dataclass
@@ -89,6 +104,12 @@ class TrainConfig:
         "After the last step, evaluate on the whole val split (gpt.evaluate: loss, perplexity, bits per byte), "
         "log it to W&B as final/val/* and write it to out_dir/eval.json.",
     )
+    eval_samples: int = doc(
+        3,
+        "Text samples generated at each evaluation (main process), written to samples.jsonl and a W&B table; "
+        "0 disables. Skipped under FSDP, where a forward pass needs every process.",
+    )
+    eval_sample_tokens: int = doc(100, "Length of each evaluation sample, in tokens.")
     checkpoint_interval: int = doc(1000, "Save a resumable checkpoint every this many steps (and at the end).")
     keep_last: int = doc(2, "Number of most recent checkpoints to keep; older ones are deleted.")
     keep_best: bool = doc(
@@ -105,12 +126,17 @@ class WandbConfig:
         "'auto': online when credentials are present, else offline (sync later with `wandb sync`). "
         "WANDB_MODE, when set, wins over 'auto'.",
     )
-    project: str = doc("gpt", "W&B project.")
-    entity: str = doc("", "W&B entity (user or team); empty uses your default.")
-    name: str = doc("", "Run name; empty uses the out_dir's folder name.")
-    group: str = doc("", "Run group, e.g. to gather a sweep.")
-    tags: list[str] = doc([], "Run tags, comma-separated on the command line.")
-    notes: str = doc("", "Free-text notes for the run.")
+    project: str = doc("", "W&B project; empty uses WANDB_PROJECT, else 'gpt'.")
+    entity: str = doc("", "W&B entity (user or team); empty uses WANDB_ENTITY, else your default.")
+    name: str = doc("", "Run name; empty uses WANDB_NAME, else the out_dir's folder name.")
+    group: str = doc("", "Run group, e.g. to gather a sweep; empty uses WANDB_RUN_GROUP.")
+    tags: list[str] = doc([], "Run tags, comma-separated on the command line; empty uses WANDB_TAGS.")
+    notes: str = doc("", "Free-text notes for the run; empty uses WANDB_NOTES.")
+    log_model: bool = doc(
+        False,
+        "At the end of training, upload the final exported model (checkpoints/step-N/model/) as a W&B "
+        "artifact of type 'model'.",
+    )
 
 
 @dataclass
@@ -209,6 +235,8 @@ def _convert(key: str, value: Any, tp: Any, from_cli: bool) -> Any:
     origin = get_origin(tp)
     if origin is Literal:
         choices = get_args(tp)
+        if value is False and "no" in choices:  # YAML reads a bare `no` as false
+            return "no"
         if str(value).lower() in [str(c) for c in choices]:
             return str(value).lower()
         raise fail("one of " + ", ".join(repr(c) for c in choices))
@@ -357,6 +385,7 @@ def validate(cfg: Config) -> None:
         "train.micro_batch_size": t.micro_batch_size, "train.log_interval": t.log_interval,
         "train.eval_interval": t.eval_interval, "train.eval_windows": t.eval_windows,
         "train.checkpoint_interval": t.checkpoint_interval, "train.keep_last": t.keep_last,
+        "train.eval_sample_tokens": t.eval_sample_tokens,
     }  # fmt: skip
     for key, value in positive.items():
         if value <= 0:
@@ -378,6 +407,10 @@ def validate(cfg: Config) -> None:
         )
     if t.warmup_steps < 0:
         raise UserError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    if t.eval_samples < 0:
+        raise UserError(f"train.eval_samples must be >= 0 (0 disables samples), got {t.eval_samples}")
+    if m.init_from and m.kind != "gpt":
+        raise UserError(f"model.init_from loads a GPT-2 and needs model.kind=gpt, got model.kind={m.kind}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -467,4 +500,5 @@ if __name__ == "__main__":
     if "--markdown" in sys.argv:
         print(markdown_table())
     else:
+        print(__doc__)
         print(help_text("python -m gpt.config"))

@@ -95,9 +95,10 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.gelu_approximate = "tanh" if cfg.gelu == "tanh" else "none"  # "tanh": GPT-2's original GELU
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))  # (B, T, C)
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.gelu_approximate)))  # (B, T, C)
 
 
 class Block(nn.Module):

@@ -29,7 +29,7 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin, Projec
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
-from gpt import fsdp
+from gpt import fsdp, hf
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
@@ -37,6 +37,7 @@ from gpt.evaluate import final_evaluation
 from gpt.model import build_model, num_params
 from gpt.prepare import ensure_dataset
 from gpt.tokenizer import Tokenizer, load_tokenizer
+from gpt.tracking import Tracking
 
 EXIT_PREEMPTED = 75  # training stopped by SIGTERM/SIGUSR1 after saving; resume with resume=auto
 
@@ -207,6 +208,9 @@ def setup(cfg: Config) -> Run:
         torch.backends.cudnn.allow_tf32 = True
 
     tokenizer, train_data, val_data = open_data(cfg, accelerator)
+    if cfg.model.init_from:  # the architecture is the pretrained model's (gpt.hf)
+        with accelerator.local_main_process_first():
+            print0(accelerator, hf.adopt_architecture(cfg.model, tokenizer))
     model_cfg = ModelConfig(**to_dict(cfg.model))
     if model_cfg.vocab_size == 0:
         model_cfg.vocab_size = tokenizer.vocab_size
@@ -215,7 +219,11 @@ def setup(cfg: Config) -> Run:
 
     resume_from = resolve_resume(cfg)
     set_seed(cfg.seed)  # identical initial weights on every process
-    model = build_model(model_cfg).to(device)
+    model = build_model(model_cfg)
+    if cfg.model.init_from and resume_from is None:
+        with accelerator.local_main_process_first():
+            hf.load_pretrained(model, cfg.model.init_from)
+    model = model.to(device)
     optimizer = make_optimizer(model, t, device)
     model, optimizer = accelerator.prepare(model, optimizer)
     register_weight_hooks(accelerator)
@@ -289,7 +297,7 @@ def init_tracking(run: Run) -> str | None:
         "resume": "allow",
         "mode": run.wandb_mode,
         "dir": str(Path(cfg.out_dir).resolve()),
-        "name": cfg.wandb.name or Path(cfg.out_dir).name,
+        "name": cfg.wandb.name or os.environ.get("WANDB_NAME") or Path(cfg.out_dir).name,
     }
     for key in ("entity", "group", "notes"):
         if getattr(cfg.wandb, key):
@@ -306,7 +314,9 @@ def init_tracking(run: Run) -> str | None:
         "vocab_size": run.model_cfg.vocab_size,
     }
     accelerator.init_trackers(
-        cfg.wandb.project, config=to_dict(cfg) | {"derived": derived}, init_kwargs={"wandb": init}
+        cfg.wandb.project or os.environ.get("WANDB_PROJECT") or "gpt",
+        config=to_dict(cfg) | {"derived": derived},
+        init_kwargs={"wandb": init},
     )
     if accelerator.is_main_process and run.wandb_mode == "offline":
         run_dir = Path(accelerator.get_tracker("wandb", unwrap=True).dir).parent
@@ -454,6 +464,7 @@ def train(cfg: Config) -> TrainResult:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     wandb_id = init_tracking(run)
+    tracking = Tracking(accelerator, cfg, model, run.tokenizer)  # memory, samples, loss.png, W&B extras
     metrics_log = MetricsLog(cfg.out_dir, accelerator.is_main_process)
 
     step = run.start_step
@@ -498,6 +509,7 @@ def train(cfg: Config) -> TrainResult:
                     "train/loss": loss_mean, "lr": lr, "grad_norm": float(grad_norm),
                     "tokens_per_s": timer_steps * tokens_per_step / elapsed, "step_ms": 1000 * elapsed / timer_steps,
                 }  # fmt: skip
+                record |= tracking.memory()
                 if not math.isfinite(loss_mean):
                     raise UserError(
                         f"the loss became {loss_mean} at step {step}; lower train.learning_rate "
@@ -510,6 +522,8 @@ def train(cfg: Config) -> TrainResult:
                 record |= {"step": step, "tokens": step * tokens_per_step}
                 last |= record
                 log(accelerator, progress, metrics_log, record)
+            if step % t.eval_interval == 0 or boundary:
+                tracking.after_eval(step)
             saving = step % t.checkpoint_interval == 0 or boundary or stopping
             if saving:  # with this step's evaluation, if there was one (keep_best compares those)
                 path = save(run, step, wandb_id, {k: v for k, v in record.items() if k.startswith("eval/")})
@@ -530,6 +544,7 @@ def train(cfg: Config) -> TrainResult:
         )
         metrics_log.write(final | {"step": step})
         last |= final
+    tracking.finish(step, last)  # the last value of every metric, the final evaluation included, in the W&B summary
     accelerator.end_training()
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     return TrainResult(step, last, unwrapped, accelerator.is_main_process)

@@ -24,6 +24,7 @@ def test_overrides_are_typed():
             "train.mixed_precision=BF16",
         ]
     )
+    assert load_config(["train.mixed_precision=no"]).train.mixed_precision == "no"
     assert cfg.model.n_layer == 6 and cfg.train.learning_rate == 3e-4 and cfg.model.bias is False
     assert cfg.out_dir == "out/x" and cfg.wandb.tags == ["a", "b"] and cfg.train.mixed_precision == "bf16"
 

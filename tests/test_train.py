@@ -32,7 +32,11 @@ def trained(tmp_path_factory, data_root):
         f"out_dir={out}",
         "wandb.mode=offline",
         "wandb.tags=test,tiny",
+        "wandb.log_model=true",
         cwd=out.parent,
+        WANDB_DATA_DIR=str(out.parent / "wandb-data"),  # W&B stages artifacts here, not in the home folder
+        WANDB_PROJECT="from-env",
+        WANDB_RUN_GROUP="group-from-env",
     )
     assert r.returncode == 0, r.stdout + r.stderr
     return out, r
@@ -69,6 +73,63 @@ def test_wandb_offline_run_holds_the_logged_losses(trained):
     assert config["model"]["n_layer"] == 2 and config["derived"]["accumulation_steps"] == 1
     state = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())
     assert wandb_offline.run_id(run_file) == state["wandb_id"]
+    info = wandb_offline.run_info(run_file)  # from the config, else the WANDB_* variables, else defaults
+    assert info == {"project": "from-env", "name": "tiny", "group": "group-from-env", "tags": ["test", "tiny"],
+                     "notes": ""}  # fmt: skip
+    assert config["derived"]["tokens_per_step"] == 8 * 32 and config["derived"]["world_size"] == 1
+
+
+def offline_run_file(out: Path) -> Path:
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    return run_file
+
+
+def test_wandb_metrics_are_against_tokens_and_include_memory(trained):
+    out, _ = trained
+    run_file = offline_run_file(out)
+    assert wandb_offline.metric_definitions(run_file) == {"tokens": "", "*": "tokens"}
+    history = wandb_offline.history(run_file)
+    tokens_per_step = 8 * 32  # train.batch_size x model.block_size
+    for m in metrics(out):
+        row = history[m["step"]]
+        assert row["tokens"] == m["tokens"] == m["step"] * tokens_per_step
+        if "train/loss" in m:
+            for key in ("lr", "grad_norm", "tokens_per_s", "step_ms", "memory/rss_peak_gib"):
+                assert row[key] == pytest.approx(m[key])
+            assert 0.05 < m["memory/rss_peak_gib"] < 64  # a real peak RSS of a Python process with torch
+
+
+def test_wandb_table_of_samples_at_each_evaluation(trained):
+    out, _ = trained
+    tables = wandb_offline.tables(offline_run_file(out), "samples")
+    assert sorted(tables) == [10, 20]  # train.eval_interval=10, max_steps=20
+    local = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    for step, table in tables.items():
+        assert table["columns"] == ["step", "tokens", "sample", "text"]
+        assert [row[:3] for row in table["data"]] == [[step, step * 256, i] for i in range(3)]  # train.eval_samples=3
+        texts = [row[3] for row in table["data"]]
+        assert texts == [r["text"] for r in local if r["step"] == step]
+        assert all(t.startswith("\n") and len(t) > 50 for t in texts)  # prompt + up to 100 characters
+    assert tables[10]["data"] != tables[20]["data"]  # the model changed between evaluations
+
+
+def test_wandb_summary_holds_the_final_metrics_and_the_model_artifact(trained):
+    out, _ = trained
+    run_file = offline_run_file(out)
+    final = metrics(out)[-1]
+    summary = wandb_offline.summary(run_file)
+    assert summary["step"] == 20 and summary["tokens"] == 20 * 256
+    assert summary["eval/val/loss"] == pytest.approx(final["eval/val/loss"])
+    (model,) = [a for a in wandb_offline.artifacts(run_file) if a["type"] == "model"]
+    assert model["name"] == f"model-{wandb_offline.run_id(run_file)}"
+    assert sorted(model["aliases"]) == ["latest", "step-0000020"]
+    assert model["files"] == ["config.json", "model.safetensors", "tokenizer.json"]
+
+
+def test_loss_plot_is_written_at_each_evaluation(trained):
+    out, _ = trained
+    png = (out / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
 def test_sample_prints_text(trained):
