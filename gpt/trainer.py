@@ -542,7 +542,7 @@ def train(cfg: Config) -> TrainResult:
         final = final_evaluation(
             accelerator, model, run.val_data, run.tokenizer, cfg.model.block_size, t.micro_batch_size, cfg.out_dir, step
         )
-        metrics_log.write(final | {"step": step})
+        metrics_log.write(final | {"step": step, "tokens": step * tokens_per_step})
         last |= final
     tracking.finish(step, last)  # the last value of every metric, the final evaluation included, in the W&B summary
     accelerator.end_training()
