@@ -94,6 +94,11 @@ class TrainConfig:
         "launch's (accelerate launch --mixed_precision, or its config file), else 'no'.",
     )
     compile: bool = doc(False, "Wrap the model in torch.compile.")
+    cpu_threads: int = doc(
+        0,
+        "Threads per process when training on CPU; 0: this machine's cores shared out over its processes "
+        "(accelerate launch otherwise leaves each process one thread).",
+    )
     log_interval: int = doc(50, "Log train loss, learning rate and throughput every this many steps.")
     eval_interval: int = doc(500, "Evaluate train and val loss every this many steps (and at the end).")
     eval_windows: int = doc(

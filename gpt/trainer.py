@@ -65,6 +65,19 @@ def lr_at(step: int, t: TrainConfig) -> float:
     return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.learning_rate - t.min_lr)
 
 
+def cpu_threads(requested: int, local_processes: int) -> int:
+    """Threads per process on CPU: as requested, else the physical cores this process may run on,
+    shared out over the processes of this machine. accelerate launch sets OMP_NUM_THREADS=1 for a
+    CPU run unless told otherwise, which would leave all but one core idle."""
+    if requested > 0:
+        return requested
+    import psutil
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = min(usable, psutil.cpu_count(logical=False) or usable)
+    return max(1, cores // max(1, local_processes))
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices (linear and embedding weights) only, not on biases and norm gains."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -206,6 +219,8 @@ def setup(cfg: Config) -> Run:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls (Ampere and newer)
         torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(t.cpu_threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
     tokenizer, train_data, val_data = open_data(cfg, accelerator)
     if cfg.model.init_from:  # the architecture is the pretrained model's (gpt.hf)
@@ -449,7 +464,9 @@ def train(cfg: Config) -> TrainResult:
     tokens_per_step = t.batch_size * cfg.model.block_size
     print0(
         accelerator,
-        f"{accelerator.num_processes} process(es) on {device.type}, mixed precision {accelerator.mixed_precision}: "
+        f"{accelerator.num_processes} process(es) on {device.type}"
+        f"{f' ({torch.get_num_threads()} threads each)' if device.type == 'cpu' else ''}, "
+        f"mixed precision {accelerator.mixed_precision}: "
         f"global batch {t.batch_size} = micro batch {t.micro_batch_size} x {accelerator.num_processes} processes "
         f"x {run.accum} accumulation steps ({tokens_per_step:,} tokens/step); "
         f"{num_params(accelerator.unwrap_model(model)):,} parameters",
