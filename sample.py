@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from gpt.config import SampleConfig, parse_flags
-from gpt.errors import UserError
+from gpt.errors import UserError, run_main
 from gpt.generate import check_options, encode_prompt, load, sample_ids
 
 
@@ -69,8 +69,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

@@ -13,10 +13,8 @@ continues from the newest checkpoint there. Then: python sample.py --out_dir OUT
 
 from __future__ import annotations
 
-import sys
-
 from gpt.config import help_text, load_config
-from gpt.errors import UserError
+from gpt.errors import run_main
 
 
 def main(argv: list[str]) -> int:
@@ -39,8 +37,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

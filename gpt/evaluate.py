@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ from torch.nn import functional as F
 from gpt import checkpoint as ckpt
 from gpt.config import EvalConfig, parse_flags
 from gpt.data import TokenStream, split_files
-from gpt.errors import UserError
+from gpt.errors import UserError, run_main
 from gpt.prepare import ensure_dataset
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer
 
@@ -261,8 +260,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gpt.config import ModelConfig
-from gpt.errors import UserError
+from gpt.errors import UserError, run_main
 from gpt.tokenizer import ASSETS, Tokenizer
 
 # our GELU setting -> transformers' activation_function, and back
@@ -307,8 +306,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)
