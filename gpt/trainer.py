@@ -517,6 +517,7 @@ def train(cfg: Config) -> TrainResult:
             progress.update(1)
 
             boundary = step == t.max_steps
+            evaluating = step % t.eval_interval == 0 or boundary
             record: dict[str, Any] = {}
             if step % t.log_interval == 0 or boundary:
                 # The exact mean over every micro-batch of every process (each has the same token count).
@@ -532,14 +533,14 @@ def train(cfg: Config) -> TrainResult:
                         f"the loss became {loss_mean} at step {step}; lower train.learning_rate "
                         "or use bf16 instead of fp16"
                     )
-            if step % t.eval_interval == 0 or boundary:
+            if evaluating:
                 record |= {f"eval/{k}": v for k, v in evaluate(run).items()}
             stopping = stop_requested(accelerator, stop, check=bool(record) or step % t.checkpoint_interval == 0)
             if record:
                 record |= {"step": step, "tokens": step * tokens_per_step}
                 last |= record
                 log(accelerator, progress, metrics_log, record)
-            if step % t.eval_interval == 0 or boundary:
+            if evaluating:
                 tracking.after_eval(step)
             saving = step % t.checkpoint_interval == 0 or boundary or stopping
             if saving:  # with this step's evaluation, if there was one (keep_best compares those)
