@@ -464,9 +464,8 @@ def train(cfg: Config) -> TrainResult:
     tokens_per_step = t.batch_size * cfg.model.block_size
     print0(
         accelerator,
-        f"{accelerator.num_processes} process(es) on {device.type}"
-        f"{f' ({torch.get_num_threads()} threads each)' if device.type == 'cpu' else ''}, "
-        f"mixed precision {accelerator.mixed_precision}: "
+        f"{accelerator.num_processes} process(es) on {device.type}, mixed precision {accelerator.mixed_precision}"
+        f"{f', {torch.get_num_threads()} CPU thread(s) each' if device.type == 'cpu' else ''}: "
         f"global batch {t.batch_size} = micro batch {t.micro_batch_size} x {accelerator.num_processes} processes "
         f"x {run.accum} accumulation steps ({tokens_per_step:,} tokens/step); "
         f"{num_params(accelerator.unwrap_model(model)):,} parameters",

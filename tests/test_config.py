@@ -83,3 +83,15 @@ def test_help_lists_every_key_with_its_doc():
 def test_readme_config_table_is_up_to_date():
     readme = (ROOT / "README.md").read_text()
     assert markdown_table() in readme, "regenerate the README table with: python -m gpt.config --markdown"
+
+
+def test_cpu_threads_share_the_cores_over_the_processes_of_a_machine():
+    import os
+
+    from gpt.trainer import cpu_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads(3, local_processes=4) == 3  # as requested
+    assert 1 <= cpu_threads(0, local_processes=1) <= cores
+    assert cpu_threads(0, local_processes=1) >= cpu_threads(0, local_processes=2) >= 1
+    assert cpu_threads(0, local_processes=10 * cores) == 1
