@@ -94,6 +94,10 @@ class TrainConfig:
         "launch's (accelerate launch --mixed_precision, or its config file), else 'no'.",
     )
     compile: bool = doc(False, "Wrap the model in torch.compile.")
+    peak_tflops: float = doc(
+        0.0,
+        "Peak TFLOP/s per device to report MFU against; 0: looked up for A100/H100/H200 (bf16), none on CPU.",
+    )
     cpu_threads: int = doc(
         0,
         "Threads per process when training on CPU; 0: this machine's cores shared out over its processes "

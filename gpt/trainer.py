@@ -34,6 +34,7 @@ from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
 from gpt.evaluate import final_evaluation
+from gpt.flops import flops_per_token, mfu, peak_tflops
 from gpt.model import build_model, num_params
 from gpt.prepare import ensure_dataset
 from gpt.tokenizer import Tokenizer, load_tokenizer
@@ -462,6 +463,8 @@ def train(cfg: Config) -> TrainResult:
     accelerator, model, optimizer, t = run.accelerator, run.model, run.optimizer, cfg.train
     device = accelerator.device
     tokens_per_step = t.batch_size * cfg.model.block_size
+    model_flops = flops_per_token(run.model_cfg, num_params(accelerator.unwrap_model(model), non_embedding=False))
+    peak = peak_tflops(device, t.peak_tflops)
     print0(
         accelerator,
         f"{accelerator.num_processes} process(es) on {device.type}, mixed precision {accelerator.mixed_precision}"
@@ -526,6 +529,8 @@ def train(cfg: Config) -> TrainResult:
                     "train/loss": loss_mean, "lr": lr, "grad_norm": float(grad_norm),
                     "tokens_per_s": timer_steps * tokens_per_step / elapsed, "step_ms": 1000 * elapsed / timer_steps,
                 }  # fmt: skip
+                if peak is not None:  # model FLOPs utilisation, against the peak of every device in the job
+                    record["mfu"] = mfu(record["tokens_per_s"], model_flops, peak, accelerator.num_processes)
                 record |= tracking.memory()
                 if not math.isfinite(loss_mean):
                     raise UserError(

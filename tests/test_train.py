@@ -33,6 +33,7 @@ def trained(tmp_path_factory, data_root):
         "wandb.mode=offline",
         "wandb.tags=test,tiny",
         "wandb.log_model=true",
+        "train.peak_tflops=0.05",  # a made-up peak, so that MFU is logged on CPU
         cwd=out.parent,
         WANDB_DATA_DIR=str(out.parent / "wandb-data"),  # W&B stages artifacts here, not in the home folder
         WANDB_PROJECT="from-env",
@@ -191,3 +192,16 @@ def test_final_evaluation_is_the_full_val_pass_logged_and_written_beside_the_che
     by_command = json.loads((out / "eval-val.json").read_text())
     assert by_command["tokens"] == final["tokens"] and by_command["bytes"] == final["bytes"]
     assert by_command["loss"] == pytest.approx(final["loss"], rel=1e-9)
+
+
+def test_mfu_is_logged_against_the_configured_peak(trained):
+    out, _ = trained
+    model, _, _ = load_exported(out)
+    n_params = sum(p.numel() for p in model.parameters())
+    per_token = 6 * n_params + 12 * 2 * 32 * 32  # 6N + 12 * n_layer * n_embd * block_size
+    run_file = offline_run_file(out)
+    history = wandb_offline.history(run_file)
+    for m in metrics(out):
+        if "train/loss" in m:
+            assert m["mfu"] == pytest.approx(m["tokens_per_s"] * per_token / 0.05e12)
+            assert history[m["step"]]["mfu"] == pytest.approx(m["mfu"])
