@@ -124,10 +124,12 @@ def test_resume_on_another_world_size_continues_the_same_stream(data_root, tmp_p
 @pytest.mark.slow
 def test_launcher_restart_resumes_without_user_action(data_root, tmp_path):
     out = tmp_path / "run"
-    r = accelerate_launch("--config_file", CPU_CONFIG, "--main_process_port", str(free_port()), "--max_restarts", "1",
-                          FAULTY, *TINY, "train.micro_batch_size=4", f"data.root={data_root}", "data.dataset=tiny",
-                          f"out_dir={out}",
-                          cwd=tmp_path, FAULT="crash_once:10")  # fmt: skip
+    # torch's elastic agent, which `accelerate launch --max_restarts` runs for multi-process launches; one
+    # process, so that what is tested is the restart and resume=auto, not gloo re-forming its mesh
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--max_restarts", "1",
+           "--master_port", str(free_port()), FAULTY, *TINY, f"data.root={data_root}", "data.dataset=tiny",
+           f"out_dir={out}"]  # fmt: skip
+    r = subprocess.run(cmd, cwd=tmp_path, env=env(FAULT="crash_once:10"), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "injected crash after step 10" in r.stderr
     assert "resumed from" in r.stdout and latest_checkpoint(out).name == "step-0000020"
