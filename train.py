@@ -13,10 +13,8 @@ continues from the newest checkpoint there. Then: python sample.py --out_dir OUT
 
 from __future__ import annotations
 
-import sys
-
 from gpt.config import help_text, load_config
-from gpt.errors import UserError
+from gpt.errors import run_main
 
 
 def main(argv: list[str]) -> int:
@@ -29,14 +27,14 @@ def main(argv: list[str]) -> int:
 
     result = train(cfg)
     if result.is_main_process:
-        val = result.metrics.get("eval/val/loss", float("nan"))
-        print(f"done: step {result.step}, val loss {val:.4f}; sample with: python sample.py --out_dir {cfg.out_dir}")
+        m = result.metrics
+        if "final/val/loss" in m:  # the full pass over val (train.final_eval)
+            val = f"val loss {m['final/val/loss']:.4f}, {m['final/val/bits_per_byte']:.4f} bits per byte"
+        else:
+            val = f"val loss {m.get('eval/val/loss', float('nan')):.4f}"
+        print(f"done: step {result.step}, {val}; sample with: python sample.py --out_dir {cfg.out_dir}")
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

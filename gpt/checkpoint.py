@@ -162,7 +162,9 @@ def write_export(folder: Path, weights_file: Path, model_cfg: ModelConfig, token
     save_tokenizer(tokenizer, folder / "tokenizer.json")
 
 
-def finish_save(tmp: Path, out_dir: str | Path, step: int, trainer_state: dict, keep_last: int) -> Path:
+def finish_save(
+    tmp: Path, out_dir: str | Path, step: int, trainer_state: dict, keep_last: int, keep_best: bool = False
+) -> Path:
     """Write metadata and manifest, rename into place, move ``latest``, delete old checkpoints."""
     (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
     write_manifest(tmp)
@@ -171,9 +173,32 @@ def finish_save(tmp: Path, out_dir: str | Path, step: int, trainer_state: dict, 
         shutil.rmtree(final)
     os.replace(tmp, final)
     _atomic_write_text(checkpoints_dir(out_dir) / "latest", final.name + "\n")
-    for old in complete_checkpoints(out_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    rotate(out_dir, keep_last, keep_best)
     return final
+
+
+def val_loss_of(folder: Path) -> float | None:
+    try:
+        return read_trainer_state(folder).get("metrics", {}).get("eval/val/loss")
+    except UserError:
+        return None
+
+
+def rotate(out_dir: str | Path, keep_last: int, keep_best: bool) -> None:
+    """Delete complete checkpoints beyond the newest keep_last, sparing the best one if asked."""
+    complete = complete_checkpoints(out_dir)
+    keep = set(complete[-keep_last:])
+    if keep_best:
+        scored = [(loss, p) for p in complete if (loss := val_loss_of(p)) is not None]
+        if scored:
+            best = min(scored)[1]
+            keep.add(best)
+            _atomic_write_text(checkpoints_dir(out_dir) / "best", best.name + "\n")
+    for old in complete:
+        if old not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in checkpoints_dir(out_dir).glob(".tmp-step-*"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -249,7 +274,7 @@ def check_same_model(saved: dict[str, Any], current: ModelConfig, folder: Path) 
     """Refuse to resume into a model of another shape, naming the field that differs."""
     now = to_dict(current)
     shape_keys = ("kind", "n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "pad_vocab_to")
-    architecture_keys = ("position", "rope_base", "norm", "qk_norm", "mlp", "tie_head")
+    architecture_keys = ("position", "rope_base", "norm", "qk_norm", "mlp", "gelu", "tie_head")
     defaults = to_dict(ModelConfig())  # for keys that older checkpoints do not have
     for key in shape_keys + architecture_keys:
         if saved.get(key, defaults[key]) != now.get(key):

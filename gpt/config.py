@@ -1,7 +1,10 @@
 """Typed run configuration: one dataclass per concern, YAML presets, ``key.sub=value`` overrides.
 
+    python -m gpt.config               # every config key with its type, default and meaning
+    python -m gpt.config --markdown    # the same as the README's config table
+
 Every field carries its documentation in ``metadata["doc"]``; ``train.py --help`` and the config
-table in the README are generated from it (``python -m gpt.config --markdown``).
+table in the README are generated from it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,18 @@ class ModelConfig:
     dropout: float = doc(0.0, "Dropout probability on attention weights, residual branches and embeddings.")
     bias: bool = doc(True, "Biases in Linear layers and LayerNorms (False is slightly faster).")
     vocab_size: int = doc(0, "Vocabulary size; 0 takes it from the tokenizer of the data.")
+    gelu: Literal["exact", "tanh"] = doc(
+        "exact",
+        "GELU in the MLP: 'exact' (erf, as in the lecture) or 'tanh' (the approximation GPT-2 was trained "
+        "with; taken from the source model with init_from).",
+    )
+    init_from: str = doc(
+        "",
+        "Start from a pretrained GPT-2: a local transformers checkpoint directory or a Hugging Face hub id "
+        "(e.g. gpt2; needs the hf extra and, for a hub id, network). The architecture and weights come from it; "
+        "block_size may be smaller than its context (positions are cropped); the data must use the gpt2 "
+        "tokenizer. Empty: random initialisation.",
+    )
     pad_vocab_to: int = doc(
         1,
         "Round the GPT's embedding and head up to a multiple of this many rows (64 on GPUs: faster matmuls); "
@@ -87,7 +102,7 @@ class DataConfig:
 class TrainConfig:
     """The optimisation: batch, schedule, precision, and how often to evaluate and save."""
 
-    max_steps: int = doc(2000, "Number of optimizer steps.")
+    max_steps: int = doc(1500, "Number of optimizer steps.")
     batch_size: int = doc(
         32, "Global batch per optimizer step, in sequences, summed over processes and accumulation steps."
     )
@@ -96,15 +111,17 @@ class TrainConfig:
         "Sequences per forward pass per process. Accumulation steps = batch_size / (micro_batch_size * "
         "processes), derived at start-up.",
     )
-    learning_rate: float = doc(2e-3, "Peak learning rate, reached at the end of warm-up.")
-    min_lr: float = doc(2e-4, "Learning rate at the end of the cosine decay.")
+    learning_rate: float = doc(3e-3, "Peak learning rate, reached at the end of warm-up.")
+    min_lr: float = doc(3e-4, "Learning rate at the end of the cosine decay.")
     warmup_steps: int = doc(100, "Steps of linear warm-up from 0 to learning_rate.")
     weight_decay: float = doc(0.1, "AdamW weight decay, applied to matrices (not biases, norms or ...).")
     beta1: float = doc(0.9, "AdamW beta1.")
     beta2: float = doc(0.99, "AdamW beta2.")
     grad_clip: float = doc(1.0, "Clip the global gradient norm to this value; 0 disables clipping.")
-    mixed_precision: Literal["no", "bf16", "fp16"] = doc(
-        "no", "Autocast precision through accelerate: 'no', 'bf16' (CPU and GPU) or 'fp16' (GPU only)."
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = doc(
+        "auto",
+        "Autocast precision through accelerate: 'no', 'bf16' (CPU and GPU) or 'fp16' (GPU only); 'auto' takes the "
+        "launch's (accelerate launch --mixed_precision, or its config file), else 'no'.",
     )
     compile: bool = doc(False, "Wrap the model in torch.compile.")
     matmul_precision: Literal["auto", "highest", "high", "medium"] = doc(
@@ -113,13 +130,36 @@ class TrainConfig:
         "'medium' bf16 inputs with fp32 sums (GPUs, and CPUs with AVX512-BF16 or AMX). 'auto': 'high' on CUDA, "
         "else 'highest'.",
     )
+    peak_tflops: float = doc(
+        0.0,
+        "Peak TFLOP/s per device to report MFU against; 0: looked up for A100/H100/H200 (bf16), none on CPU.",
+    )
+    cpu_threads: int = doc(
+        0,
+        "Threads per process when training on CPU; 0: this machine's cores shared out over its processes "
+        "(accelerate launch otherwise leaves each process one thread).",
+    )
     log_interval: int = doc(50, "Log train loss, learning rate and throughput every this many steps.")
     eval_interval: int = doc(500, "Evaluate train and val loss every this many steps (and at the end).")
     eval_windows: int = doc(
         256, "Windows of block_size tokens per split in each evaluation, shared out over processes."
     )
+    final_eval: bool = doc(
+        True,
+        "After the last step, evaluate on the whole val split (gpt.evaluate: loss, perplexity, bits per byte), "
+        "log it to W&B as final/val/* and write it to out_dir/eval.json.",
+    )
+    eval_samples: int = doc(
+        3,
+        "Text samples generated at each evaluation (main process), written to samples.jsonl and a W&B table; "
+        "0 disables. Skipped under FSDP, where a forward pass needs every process.",
+    )
+    eval_sample_tokens: int = doc(100, "Length of each evaluation sample, in tokens.")
     checkpoint_interval: int = doc(1000, "Save a resumable checkpoint every this many steps (and at the end).")
     keep_last: int = doc(2, "Number of most recent checkpoints to keep; older ones are deleted.")
+    keep_best: bool = doc(
+        False, "Also keep the checkpoint with the lowest val loss (named in checkpoints/best), whatever its age."
+    )
     time_budget_s: float = doc(
         0.0,
         "Wall-clock budget in seconds, counted from the trainer's start (with a resumed run's earlier time): "
@@ -131,9 +171,6 @@ class TrainConfig:
     )
     muon_lr: float = doc(0.02, "Muon's peak learning rate (the schedule scales it like learning_rate).")
     muon_momentum: float = doc(0.95, "Muon's momentum (Nesterov).")
-    peak_tflops: float = doc(
-        0.0, "Peak TFLOP/s of one device, for the logged MFU; 0 looks the GPU up in a table (no MFU on CPU)."
-    )
 
 
 @dataclass
@@ -145,12 +182,17 @@ class WandbConfig:
         "'auto': online when credentials are present, else offline (sync later with `wandb sync`). "
         "WANDB_MODE, when set, wins over 'auto'.",
     )
-    project: str = doc("gpt", "W&B project.")
-    entity: str = doc("", "W&B entity (user or team); empty uses your default.")
-    name: str = doc("", "Run name; empty uses the out_dir's folder name.")
-    group: str = doc("", "Run group, e.g. to gather a sweep.")
-    tags: list[str] = doc([], "Run tags, comma-separated on the command line.")
-    notes: str = doc("", "Free-text notes for the run.")
+    project: str = doc("", "W&B project; empty uses WANDB_PROJECT, else 'gpt'.")
+    entity: str = doc("", "W&B entity (user or team); empty uses WANDB_ENTITY, else your default.")
+    name: str = doc("", "Run name; empty uses WANDB_NAME, else the out_dir's folder name.")
+    group: str = doc("", "Run group, e.g. to gather a sweep; empty uses WANDB_RUN_GROUP.")
+    tags: list[str] = doc([], "Run tags, comma-separated on the command line; empty uses WANDB_TAGS.")
+    notes: str = doc("", "Free-text notes for the run; empty uses WANDB_NOTES.")
+    log_model: bool = doc(
+        False,
+        "At the end of training, upload the final exported model (checkpoints/step-N/model/) as a W&B "
+        "artifact of type 'model'.",
+    )
 
 
 @dataclass
@@ -179,14 +221,48 @@ class SampleConfig:
     )
     start: str = doc("\n", "Prompt text, or FILE:path to read it from a file.")
     num_samples: int = doc(3, "Number of samples, generated together as one batch.")
-    max_new_tokens: int = doc(500, "Tokens to generate per sample.")
+    max_new_tokens: int = doc(
+        500, "Tokens to generate per sample; a sample of a BPE model stops earlier at end-of-text."
+    )
     temperature: float = doc(0.8, "Softmax temperature; 0 picks the most likely token (greedy).")
     top_k: int = doc(0, "Sample only from the k most likely tokens; 0 disables.")
     top_p: float = doc(1.0, "Nucleus sampling: the smallest set of tokens whose probability reaches p; 1 disables.")
     seed: int = doc(1337, "Random seed; the same seed gives the same samples.")
+    context_mode: Literal["exact", "fast"] = doc(
+        "exact",
+        "Past the context length: 'exact' re-fills the key/value cache from the last block_size tokens at "
+        "every step (the same tokens as decoding without a cache, one full forward pass per token); 'fast' "
+        "drops the oldest half of the window and re-fills once per half window (much faster, but the model "
+        "then sees between block_size/2 + 1 and block_size tokens, so samples differ from 'exact' past the "
+        "context length).",
+    )
     device: str = doc("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps'.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
         "auto", "Weights and activations dtype; 'auto' is bfloat16 on a GPU that supports it, else float32."
+    )
+
+
+@dataclass
+class EvalConfig:
+    """A full evaluation pass over one split (python -m gpt.evaluate)."""
+
+    out_dir: str = doc(
+        "out/default", "Model to evaluate: a run directory (its newest checkpoint), a checkpoint or a model folder."
+    )
+    data: str = doc(
+        "",
+        "Dataset folder holding <split>.tok (or <split>-*.tok shards); empty: the dataset the run was trained "
+        "on, as named in its checkpoint (data.root/data.dataset, relative to the current directory).",
+    )
+    split: str = doc("val", "Split to evaluate: 'val', 'train', or any <split> with token files in the folder.")
+    batch_size: int = doc(8, "Windows of block_size tokens per forward pass, per process.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = doc(
+        "no", "Autocast precision through accelerate: 'no', 'bf16' (CPU and GPU) or 'fp16' (GPU only)."
+    )
+    json: str = doc(
+        "",
+        "Where to write the results as JSON; empty: eval-<split>.json in the run directory (in the model folder "
+        "when it is not part of a run).",
     )
 
 
@@ -215,8 +291,8 @@ def _convert(key: str, value: Any, tp: Any, from_cli: bool) -> Any:
     origin = get_origin(tp)
     if origin is Literal:
         choices = get_args(tp)
-        if isinstance(value, bool) and "no" in choices:
-            value = "no" if value is False else value  # YAML reads a bare `no` as False
+        if value is False and "no" in choices:  # YAML reads a bare `no` as false
+            return "no"
         if str(value).lower() in [str(c) for c in choices]:
             return str(value).lower()
         raise fail("one of " + ", ".join(repr(c) for c in choices))
@@ -340,9 +416,20 @@ def load_config(args: list[str]) -> Config:
         else:
             raise UserError(f"unexpected argument '{arg}': overrides look like key.sub=value (see --help)")
     for key, value in overrides:
-        _set(cfg, key, yaml.safe_load(value) if value.strip() else "", from_cli=True)
+        _set(cfg, key, _parse_override(value), from_cli=True)
     validate(cfg)
     return cfg
+
+
+def _parse_override(value: str) -> Any:
+    """A command-line value as YAML, except that only true/false are booleans: YAML 1.1 would also
+    read no/yes/on/off as booleans, turning train.mixed_precision=no or out_dir=on into False/True."""
+    if not value.strip():
+        return ""
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
+        return value.strip()
+    return parsed
 
 
 def validate(cfg: Config) -> None:
@@ -354,6 +441,7 @@ def validate(cfg: Config) -> None:
         "train.micro_batch_size": t.micro_batch_size, "train.log_interval": t.log_interval,
         "train.eval_interval": t.eval_interval, "train.eval_windows": t.eval_windows,
         "train.checkpoint_interval": t.checkpoint_interval, "train.keep_last": t.keep_last,
+        "train.eval_sample_tokens": t.eval_sample_tokens,
     }  # fmt: skip
     for key, value in positive.items():
         if value <= 0:
@@ -375,6 +463,10 @@ def validate(cfg: Config) -> None:
         )
     if t.warmup_steps < 0:
         raise UserError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    if t.eval_samples < 0:
+        raise UserError(f"train.eval_samples must be >= 0 (0 disables samples), got {t.eval_samples}")
+    if m.init_from and m.kind != "gpt":
+        raise UserError(f"model.init_from loads a GPT-2 and needs model.kind=gpt, got model.kind={m.kind}")
     if m.pad_vocab_to < 1:
         raise UserError(f"model.pad_vocab_to must be 1 (no padding) or more, got {m.pad_vocab_to}")
     if m.position == "rope" and (m.n_embd // m.n_head) % 2:
@@ -481,4 +573,5 @@ if __name__ == "__main__":
     if "--markdown" in sys.argv:
         print(markdown_table())
     else:
+        print(__doc__)
         print(help_text("python -m gpt.config"))

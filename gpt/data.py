@@ -12,7 +12,13 @@ vocabulary has more than 65,535 entries):
     28      4     length of the tokenizer identity in bytes
     32      224   tokenizer identity (UTF-8, zero padded)
 
-Training reads the tokens through ``np.memmap``: only the windows a batch needs are paged in.
+Training reads the tokens through ``np.memmap``: only the windows a batch needs are paged in. Two
+things keep resident memory flat however large the files and however long the run: the mapping is
+advised ``MADV_RANDOM`` (no read-ahead of pages the reads will not use), and whenever the windows
+read since the last release may have mapped ``RESIDENT_BUDGET`` bytes (a window maps the pages it
+covers and, through the kernel's fault-around, up to 64 KiB of cached neighbours per page fault),
+the mappings are dropped (``TokenFile.release``), which unmaps every page they brought in. The pages stay in the
+kernel's page cache, which the kernel reclaims as it needs, so the next read of them is cheap.
 
 The batch stream is a pure function of (seed, step): optimizer step ``s`` consumes a global batch of
 ``batch_size`` windows drawn with a generator seeded by (seed, s), and every process takes a
@@ -22,6 +28,7 @@ whatever the number of processes and accumulation steps, and resuming at step s 
 
 from __future__ import annotations
 
+import mmap
 import os
 import queue
 import struct
@@ -40,6 +47,8 @@ HEADER_SIZE = 256
 _FIXED = struct.Struct("<8sIIQII")  # magic, version, itemsize, num_tokens, vocab_size, identity length
 MAX_IDENTITY = HEADER_SIZE - _FIXED.size
 _EVAL_STREAM = 0x6576616C  # separates the eval windows' random stream from the training one
+RESIDENT_BUDGET = 64 << 20  # bytes a stream may map between two releases of its mappings
+FAULT_AROUND = 64 << 10  # Linux's default fault-around: what one page fault may map
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -141,8 +150,20 @@ class TokenFile:
     @property
     def tokens(self) -> np.ndarray:
         if self._map is None:
-            self._map = np.memmap(self.path, dtype=self.dtype, mode="r", offset=HEADER_SIZE, shape=(self.num_tokens,))
+            tokens = np.memmap(self.path, dtype=self.dtype, mode="r", offset=HEADER_SIZE, shape=(self.num_tokens,))
+            if isinstance(tokens.base, mmap.mmap) and hasattr(mmap, "MADV_RANDOM"):
+                tokens.base.madvise(mmap.MADV_RANDOM)  # reads are random windows: read-ahead only inflates memory
+            self._map = tokens
         return self._map
+
+    def will_need(self, start: int, count: int) -> None:
+        """Start reading tokens [start, start + count) from disk now, without waiting (MADV_WILLNEED):
+        the reads of a batch's windows then overlap instead of following one another."""
+        base = self.tokens.base
+        if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_WILLNEED"):
+            lo = HEADER_SIZE + start * self.dtype.itemsize  # the mapping starts at the file's first byte
+            aligned = lo - lo % mmap.PAGESIZE
+            base.madvise(mmap.MADV_WILLNEED, aligned, lo + count * self.dtype.itemsize - aligned)
 
     def release(self) -> None:
         """Drop the mapping so the pages it brought in stop counting against this process."""
@@ -169,7 +190,8 @@ class TokenStream:
         self.identity = first.identity
         self.vocab_size = first.vocab_size
         self.offsets = np.cumsum([0] + [len(f) for f in self.files])  # start of each file in the stream
-        self._reads = 0
+        self.itemsize = first.dtype.itemsize
+        self._read_since_release = 0  # bytes
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -187,16 +209,47 @@ class TokenStream:
             i += 1
         return out
 
+    def will_need(self, starts: np.ndarray, length: int) -> None:
+        """Start reading the windows [start, start + length) from disk now, all at once."""
+        first = np.searchsorted(self.offsets, starts, side="right") - 1
+        last = np.searchsorted(self.offsets, np.asarray(starts) + length - 1, side="right") - 1
+        for start, i, j in zip(starts.tolist(), first.tolist(), last.tolist(), strict=True):
+            for k in range(i, j + 1):  # the pieces of a window that crosses file boundaries
+                lo = max(start, int(self.offsets[k]))
+                self.files[k].will_need(lo - int(self.offsets[k]), min(start + length, int(self.offsets[k + 1])) - lo)
+
     def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
         """A (len(starts), length) int64 array of windows."""
-        self._reads += 1
-        if self._reads % 1000 == 0:  # keep resident memory flat on long runs over large files
-            for f in self.files:
-                f.release()
+        # A read fault maps up to FAULT_AROUND bytes of neighbouring pages that are in the page cache.
+        self._read_since_release += len(starts) * ((length * self.itemsize) // FAULT_AROUND + 2) * FAULT_AROUND
+        if self._read_since_release > RESIDENT_BUDGET:  # keep resident memory flat on long runs over large files
+            self.release()
+        self.will_need(np.asarray(starts, dtype=np.int64), length)
         if len(self.files) == 1:  # one gather instead of a Python loop over windows
             index = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(length)
             return self.files[0].tokens[index].astype(np.int64)
         return np.stack([self.window(int(s), length) for s in starts]).reshape(len(starts), length)
+
+    def release(self) -> None:
+        """Unmap every file's pages; the next read maps them again."""
+        self._read_since_release = 0
+        for f in self.files:
+            f.release()
+
+    def check_model(self, vocab_size: int, identity: str | None = None) -> None:
+        """Refuse data a model with this vocabulary (and tokenizer identity, when given) cannot read."""
+        for f in self.files:
+            if f.vocab_size > vocab_size:
+                raise UserError(
+                    f"{f.path} holds token ids of a vocabulary of {f.vocab_size:,} but the model's vocabulary is "
+                    f"{vocab_size:,}; train on data made with the model's tokenizer (or model.vocab_size=0 to take it "
+                    "from the data)"
+                )
+            if identity is not None and f.identity != identity:
+                raise UserError(
+                    f"{f.path} was made by tokenizer {f.identity!r} but the model uses {identity!r}; "
+                    "prepare the data with the model's tokenizer"
+                )
 
     def check_fits(self, block_size: int) -> None:
         if len(self) < block_size + 1:

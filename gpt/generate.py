@@ -3,13 +3,24 @@
 From a notebook::
 
     from gpt.generate import load, generate_text
-    model, tokenizer, _ = load("out/default")
+    model, tokenizer, _ = load("out/default")               # CUDA in bf16 when available, else CPU
     print(generate_text(model, tokenizer, "ROMEO:", max_new_tokens=200)[0])
+
+Past the context length. The model has learned absolute positions, so a window that slides by one
+token shifts every position and invalidates every cached key and value. Two ways are offered:
+
+- ``exact``: at every step past the context, re-fill the cache from the last ``block_size`` tokens.
+  The tokens are those of decoding without a cache, and each step costs a full forward pass.
+- ``fast``: when the window is full, drop its oldest half, re-fill the cache from the rest once,
+  then decode token by token again until the window is full. One re-fill per half window; the
+  model sees between block_size / 2 + 1 and block_size tokens of context, so the text differs
+  from ``exact`` once the context length is passed (it is identical before).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal, get_args
 
 import torch
 from torch.nn import functional as F
@@ -18,11 +29,58 @@ from gpt.checkpoint import load_exported
 from gpt.errors import UserError
 from gpt.tokenizer import Tokenizer
 
+ContextMode = Literal["exact", "fast"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-def load(path: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+
+def pick_device(name: str = "auto") -> str:
+    """'auto' is CUDA when available, else CPU; any other name is returned as given."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for but no CUDA GPU is visible; use cpu or auto")
+    return name
+
+
+def pick_dtype(name: str, device: str) -> torch.dtype:
+    """'auto' is bfloat16 on a GPU that supports it, else float32."""
+    if name == "auto":
+        cuda_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype {name!r}: use auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load(path: str, device: str = "auto", dtype: str | torch.dtype = "auto"):
     """Model (eval mode), tokenizer and metadata from a run directory, checkpoint or model folder."""
+    device = pick_device(device)
+    if isinstance(dtype, str):
+        dtype = pick_dtype(dtype, device)
     model, tokenizer, meta = load_exported(path)
     return model.to(device=device, dtype=dtype), tokenizer, meta
+
+
+def check_options(
+    max_new_tokens: int, num_samples: int, temperature: float, top_k: int, top_p: float, context_mode: str
+) -> None:
+    """One clear error for a decoding option out of range."""
+    if max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if num_samples < 1:
+        raise UserError(f"num_samples must be >= 1, got {num_samples}")
+    if temperature < 0:
+        raise UserError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_k < 0:
+        raise UserError(f"top_k must be >= 0 (0 disables it), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise UserError(f"top_p must be in (0, 1] (1 disables it), got {top_p}")
+    if context_mode not in get_args(ContextMode):
+        raise UserError(f"context_mode must be one of {', '.join(get_args(ContextMode))}, got {context_mode!r}")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -51,7 +109,7 @@ def next_token(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_tokens(
     model: torch.nn.Module,
     prompt: torch.Tensor,
@@ -61,29 +119,39 @@ def generate_tokens(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    context_mode: ContextMode = "exact",
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every sequence, (B,), max_new_tokens times. prompt: (B, T0) ids.
 
-    With learned absolute positions a sequence longer than the context can't simply slide: every
-    position would shift. So once the context is full, the cache is re-filled from the last
-    block_size tokens at each step; this gives exactly the tokens of decoding without a cache.
+    ``context`` is the window of tokens the model conditions on. When a new token would make it
+    longer than block_size, 'exact' drops its oldest token (so this happens at every step from then
+    on) and 'fast' drops its oldest half (once per half window); either way the cache is then
+    re-filled from the window (see the module doc).
+    Without a cache every step runs the model on the whole window, which gives the same tokens.
     """
     block_size = model.cfg.block_size
-    idx = prompt[:, -block_size:]
+    # on overflow, 'exact' drops the oldest token; 'fast' drops the oldest half of the window
+    keep = block_size if context_mode == "exact" else min(block_size, block_size - block_size // 2 + 1)
+    context = prompt[:, -block_size:]  # (B, T)
     cache = model.new_cache() if use_cache else None
-    logits, _ = model(idx, cache=cache)
-    for _ in range(max_new_tokens):
+    logits, _ = model(context, cache=cache)
+    for step in range(max_new_tokens):
         # [:vocab_size]: the head may have padding rows (model.pad_vocab_to); they are never sampled
         token = next_token(logits[:, -1, : model.cfg.vocab_size], temperature, top_k, top_p, generator)  # (B,)
         yield token
-        idx = torch.cat([idx, token[:, None]], dim=1)[:, -block_size:]  # the context the next step sees
+        if step + 1 == max_new_tokens:
+            return  # no forward pass for a token nobody will ask for
+        context = torch.cat([context, token[:, None]], dim=1)
+        cropped = context.size(1) > block_size
+        if cropped:
+            context = context[:, -keep:]
         if cache is None:
-            logits, _ = model(idx)
-        elif cache.pos < block_size:
-            logits, _ = model(token[:, None], cache=cache)  # one new position
+            logits, _ = model(context)  # the whole window, every step
+        elif cropped:
+            cache.reset()  # positions shifted: re-encode the window
+            logits, _ = model(context, cache=cache)
         else:
-            cache.reset()  # context full: re-encode the cropped window
-            logits, _ = model(idx, cache=cache)
+            logits, _ = model(token[:, None], cache=cache)  # one new position
 
 
 def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
@@ -93,6 +161,43 @@ def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
             raise UserError("the prompt is empty; give --start some text")
         ids = [tokenizer.eot_id]  # BPE models start a document after end-of-text
     return ids
+
+
+def sample_ids(
+    model: torch.nn.Module,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    num_samples: int = 1,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 1337,
+    eot_id: int | None = None,
+    context_mode: ContextMode = "exact",
+    use_cache: bool = True,
+) -> Iterator[list[list[int]]]:
+    """Generate ``num_samples`` continuations of one prompt as one batch.
+
+    Yields, after every step, the new tokens of each sample so far (the same lists, growing). A
+    sample ends at end-of-text, which is not included; generation stops once every sample has ended.
+    """
+    check_options(max_new_tokens, num_samples, temperature, top_k, top_p, context_mode)
+    device = next(model.parameters()).device
+    batch = torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=device)  # (num_samples, T0)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    samples: list[list[int]] = [[] for _ in range(num_samples)]
+    ended = [False] * num_samples
+    tokens = generate_tokens(
+        model, batch, max_new_tokens, temperature, top_k, top_p, generator, use_cache, context_mode
+    )
+    for token in tokens:
+        for i, t in enumerate(token.tolist()):
+            ended[i] = ended[i] or t == eot_id
+            if not ended[i]:
+                samples[i].append(t)
+        yield samples
+        if all(ended):
+            break
 
 
 def generate_text(
@@ -105,21 +210,16 @@ def generate_text(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: int = 1337,
+    context_mode: ContextMode = "exact",
 ) -> list[str]:
-    """Generate ``num_samples`` continuations of ``prompt`` as one batch; returns prompt + continuation."""
-    device = next(model.parameters()).device
-    ids = encode_prompt(tokenizer, prompt)
-    prompt_ids = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    new = [[] for _ in range(num_samples)]
-    done = [False] * num_samples
-    for token in generate_tokens(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, generator):
-        for i, t in enumerate(token.tolist()):
-            if not done[i]:
-                if t == tokenizer.eot_id:
-                    done[i] = True
-                else:
-                    new[i].append(t)
-        if all(done):
-            break
-    return [prompt + tokenizer.decode(n) for n in new]
+    """Generate ``num_samples`` continuations of ``prompt`` as one batch; returns prompt + continuation.
+
+    Options as in ``sample.py --help``; a sample stops at end-of-text for tokenizers that have one.
+    """
+    samples: list[list[int]] = [[] for _ in range(num_samples)]
+    for so_far in sample_ids(
+        model, encode_prompt(tokenizer, prompt), max_new_tokens, num_samples, temperature, top_k, top_p, seed,
+        tokenizer.eot_id, context_mode,
+    ):  # fmt: skip
+        samples = so_far
+    return [prompt + tokenizer.decode(s) for s in samples]

@@ -150,10 +150,11 @@ class MLP(nn.Module):
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
         self.relu2 = cfg.mlp == "relu2"
+        self.gelu_approximate = "tanh" if cfg.gelu == "tanh" else "none"  # "tanh": GPT-2's original GELU
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)  # (B, T, 4C)
-        h = F.relu(h).square() if self.relu2 else F.gelu(h)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h, approximate=self.gelu_approximate)
         return self.dropout(self.proj(h))  # (B, T, C)
 
 

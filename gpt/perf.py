@@ -10,7 +10,6 @@ and the softmax are left out. MFU is the achieved model FLOP/s over the hardware
 
 from __future__ import annotations
 
-import resource
 import sys
 
 import torch
@@ -64,12 +63,21 @@ def mfu(flops_per_tok: int, tokens_per_s: float, num_devices: int, peak: float |
     return flops_per_tok * tokens_per_s / (peak * 1e12 * num_devices)
 
 
-def peak_memory_bytes(device: torch.device) -> int:
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory, or None where the platform does not report it."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def peak_memory_bytes(device: torch.device) -> int | None:
     """Peak memory of this process: allocated GPU memory on CUDA, else the peak resident set size."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
+    return peak_rss_bytes()
 
 
 def set_matmul_precision(setting: str, device: torch.device) -> str:

@@ -33,14 +33,21 @@ class Tokenizer(Protocol):
 
 
 class CharTokenizer:
-    """One token per character, the vocabulary being the sorted set of characters of the corpus."""
+    """One token per character, the vocabulary being the sorted set of characters of the corpus.
 
-    def __init__(self, chars: str):
+    With ``eot=True`` (a corpus of several documents) one more id follows the characters: the
+    end-of-text token that ends each document. No text encodes to it, as with GPT-2's.
+    """
+
+    EOT_TEXT = "<|endoftext|>"
+
+    def __init__(self, chars: str, eot: bool = False):
         self.chars = "".join(sorted(set(chars)))
-        self.vocab_size = len(self.chars)
-        self.eot_id = None
+        self.vocab_size = len(self.chars) + int(eot)
+        self.eot_id = len(self.chars) if eot else None
         self.stoi = {ch: i for i, ch in enumerate(self.chars)}
-        digest = hashlib.sha256(self.chars.encode("utf-8")).hexdigest()[:12]
+        named = self.chars + ("\0" + self.EOT_TEXT if eot else "")
+        digest = hashlib.sha256(named.encode("utf-8")).hexdigest()[:12]
         self.identity = f"char-{self.vocab_size}-{digest}"
 
     @classmethod
@@ -59,10 +66,10 @@ class CharTokenizer:
             ) from None
 
     def decode(self, ids: list[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
+        return "".join(self.EOT_TEXT if i == self.eot_id else self.chars[i] for i in ids)
 
     def to_dict(self) -> dict:
-        return {"type": "char", "chars": self.chars}
+        return {"type": "char", "chars": self.chars} | ({"eot": True} if self.eot_id is not None else {})
 
 
 class GPT2Tokenizer:
@@ -112,7 +119,7 @@ def _gpt2_encoding():
 def tokenizer_from_dict(data: dict) -> Tokenizer:
     kind = data.get("type")
     if kind == "char":
-        return CharTokenizer(data["chars"])
+        return CharTokenizer(data["chars"], eot=bool(data.get("eot", False)))
     if kind == "gpt2":
         return GPT2Tokenizer()
     raise UserError(f"unknown tokenizer type {kind!r}: expected 'char' or 'gpt2'")

@@ -29,15 +29,17 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin, Projec
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
-from gpt import perf
+from gpt import fsdp, hf, perf
 from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
+from gpt.evaluate import final_evaluation
 from gpt.model import build_model, num_params
 from gpt.optim import build_optimizer, set_lr
 from gpt.prepare import ensure_dataset
 from gpt.tokenizer import Tokenizer, load_tokenizer
+from gpt.tracking import Tracking
 
 EXIT_PREEMPTED = 75  # training stopped by SIGTERM/SIGUSR1 after saving; resume with resume=auto
 
@@ -69,6 +71,19 @@ def lr_at(step: int, t: TrainConfig, progress: float | None = None) -> float:
         progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
     progress = min(1.0, progress)
     return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.learning_rate - t.min_lr)
+
+
+def cpu_threads(requested: int, local_processes: int) -> int:
+    """Threads per process on CPU: as requested, else the physical cores this process may run on,
+    shared out over the processes of this machine. accelerate launch sets OMP_NUM_THREADS=1 for a
+    CPU run unless told otherwise, which would leave all but one core idle."""
+    if requested > 0:
+        return requested
+    import psutil
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = min(usable, psutil.cpu_count(logical=False) or usable)
+    return max(1, cores // max(1, local_processes))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,7 +142,8 @@ class Run:
     start_step: int
     wandb_id: str | None
     wandb_mode: str
-    elapsed_s: float = 0.0  # wall-clock seconds spent by earlier attempts of this run (from the checkpoint)
+    resumed_metrics: dict[str, float]  # the evaluation stored in the checkpoint resumed from
+    elapsed_s: float  # wall-clock seconds spent by earlier attempts of this run (from the checkpoint)
 
 
 def print0(accelerator: Accelerator, *args: Any) -> None:
@@ -175,46 +191,54 @@ def setup(cfg: Config) -> Run:
         # Several processes and no GPU: run them on CPU over gloo (accelerate's multi-process
         # launcher does not pass use_cpu from a config file on to the processes).
         cpu=launched > 1 and not torch.cuda.is_available(),
-        mixed_precision=t.mixed_precision,
+        mixed_precision=None if t.mixed_precision == "auto" else t.mixed_precision,  # None: the launch's
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1, sync_with_dataloader=False),
         log_with="wandb" if mode != "disabled" else None,
         project_config=ProjectConfiguration(project_dir=cfg.out_dir, automatic_checkpoint_naming=False),
         dynamo_backend="inductor" if t.compile else "no",
         step_scheduler_with_optimizer=False,
+        fsdp_plugin=fsdp.accelerate_plugin() if fsdp.fsdp_requested() else None,  # one unit per Block
     )
     if accelerator.num_processes != launched:
         raise UserError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}")
     accum = accumulation_steps(t.batch_size, t.micro_batch_size, accelerator.num_processes)
     accelerator.gradient_accumulation_steps = accum  # derived: batch_size / (micro_batch_size * processes)
     device = accelerator.device
-    if t.mixed_precision == "fp16" and device.type != "cuda":
-        raise UserError("train.mixed_precision=fp16 needs a CUDA GPU; on CPU use bf16 or no")
-    if accelerator.distributed_type == DistributedType.FSDP and device.type != "cuda":
-        raise UserError("FSDP needs GPUs; on CPU launch with launch/cpu_multiprocess.yaml (DDP over gloo)")
+    if accelerator.mixed_precision == "fp16" and device.type != "cuda":
+        raise UserError(
+            "mixed precision fp16 (from train.mixed_precision or the launch) needs a CUDA GPU; on CPU use bf16 or no"
+        )
+    fsdp.check_fsdp_runs(accelerator)
     perf.set_matmul_precision(t.matmul_precision, device)  # 'auto': TF32 tensor cores on CUDA, full fp32 on CPU
     if device.type == "cuda":
         torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(t.cpu_threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
     tokenizer, train_data, val_data = open_data(cfg, accelerator)
+    if cfg.model.init_from:  # the architecture is the pretrained model's (gpt.hf)
+        with accelerator.local_main_process_first():
+            print0(accelerator, hf.adopt_architecture(cfg.model, tokenizer))
     model_cfg = ModelConfig(**to_dict(cfg.model))
     if model_cfg.vocab_size == 0:
         model_cfg.vocab_size = tokenizer.vocab_size
-    if model_cfg.vocab_size < train_data.vocab_size:
-        raise UserError(
-            f"model.vocab_size ({model_cfg.vocab_size}) is smaller than the data's vocabulary "
-            f"({train_data.vocab_size}, {train_data.files[0].path}); use model.vocab_size=0 to take it from the data"
-        )
+    for data in (train_data, val_data):
+        data.check_model(model_cfg.vocab_size)
 
     resume_from = resolve_resume(cfg)
     set_seed(cfg.seed)  # identical initial weights on every process
-    model = build_model(model_cfg).to(device)
+    model = build_model(model_cfg)
+    if cfg.model.init_from and resume_from is None:
+        with accelerator.local_main_process_first():
+            hf.load_pretrained(model, cfg.model.init_from)
+    model = model.to(device)
     optimizer = build_optimizer(model, t, device)
     model, optimizer = accelerator.prepare(model, optimizer)
     register_weight_hooks(accelerator)
 
-    start_step, wandb_id, elapsed_s = 0, None, 0.0
+    resumed: dict[str, Any] = {}
     if resume_from is not None:
-        start_step, wandb_id, elapsed_s = restore(accelerator, resume_from, model_cfg, tokenizer)
+        resumed = restore(accelerator, resume_from, model_cfg, tokenizer)
     else:
         set_seed(cfg.seed, device_specific=True)  # dropout differs between processes
     return Run(
@@ -227,10 +251,11 @@ def setup(cfg: Config) -> Run:
         train_data,
         val_data,
         accum,
-        start_step,
-        wandb_id,
-        mode,
-        elapsed_s,
+        start_step=int(resumed.get("step", 0)),
+        wandb_id=resumed.get("wandb_id"),
+        wandb_mode=mode,
+        resumed_metrics=resumed.get("metrics", {}),
+        elapsed_s=float(resumed.get("elapsed_s", 0.0)),
     )
 
 
@@ -251,9 +276,8 @@ def register_weight_hooks(accelerator: Accelerator) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def restore(
-    accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, tokenizer: Tokenizer
-) -> tuple[int, str, float]:
+def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
+    """Load a checkpoint into the prepared model and optimizer; returns its trainer state."""
     ckpt.verify(folder)
     state = ckpt.read_trainer_state(folder)
     ckpt.check_same_model(state["config"]["model"] | {"vocab_size": state["vocab_size"]}, model_cfg, folder)
@@ -262,12 +286,13 @@ def restore(
             f"cannot resume from {folder}: it was trained with tokenizer {state['tokenizer']!r} but the data uses "
             f"{tokenizer.identity!r}; use the same data.dataset as the checkpoint"
         )
+    fsdp.check_checkpoint_fits(folder, fsdp_run=accelerator.distributed_type == DistributedType.FSDP)
     accelerator.load_state(str(folder))
     # load_state restores accelerate's micro-step counter, counted in the saved run's accumulation
     # steps; checkpoints fall on optimizer-step boundaries, so it restarts at zero (elastic resume).
     accelerator.step = 0
     print0(accelerator, f"resumed from {folder} at step {state['step']}")
-    return int(state["step"]), state.get("wandb_id"), float(state.get("elapsed_s", 0.0))
+    return state
 
 
 def init_tracking(run: Run) -> str | None:
@@ -281,7 +306,7 @@ def init_tracking(run: Run) -> str | None:
         "resume": "allow",
         "mode": run.wandb_mode,
         "dir": str(Path(cfg.out_dir).resolve()),
-        "name": cfg.wandb.name or Path(cfg.out_dir).name,
+        "name": cfg.wandb.name or os.environ.get("WANDB_NAME") or Path(cfg.out_dir).name,
     }
     for key in ("entity", "group", "notes"):
         if getattr(cfg.wandb, key):
@@ -292,12 +317,15 @@ def init_tracking(run: Run) -> str | None:
     derived = {
         "world_size": accelerator.num_processes,
         "accumulation_steps": run.accum,
+        "mixed_precision": accelerator.mixed_precision,  # in effect: train.mixed_precision=auto takes the launch's
         "tokens_per_step": cfg.train.batch_size * cfg.model.block_size,
         "n_params": num_params(accelerator.unwrap_model(run.model)),
         "vocab_size": run.model_cfg.vocab_size,
     }
     accelerator.init_trackers(
-        cfg.wandb.project, config=to_dict(cfg) | {"derived": derived}, init_kwargs={"wandb": init}
+        cfg.wandb.project or os.environ.get("WANDB_PROJECT") or "gpt",
+        config=to_dict(cfg) | {"derived": derived},
+        init_kwargs={"wandb": init},
     )
     if accelerator.is_main_process and run.wandb_mode == "offline":
         run_dir = Path(accelerator.get_tracker("wandb", unwrap=True).dir).parent
@@ -359,6 +387,7 @@ def save(run: Run, step: int, wandb_id: str | None, metrics: dict[str, float], e
         full = accelerator.get_state_dict(run.model)
         if accelerator.is_main_process:
             ckpt.save_weights(full, tmp / ckpt.WEIGHTS)
+    accelerator.wait_for_everyone()  # every process has written its files (RNG state, shards) before the rename
     final = ckpt.checkpoints_dir(cfg.out_dir) / ckpt.step_dir_name(step)
     if accelerator.is_main_process:
         meta = {"step": step, "tokens_seen": step * cfg.train.batch_size * cfg.model.block_size, **metrics}
@@ -371,9 +400,11 @@ def save(run: Run, step: int, wandb_id: str | None, metrics: dict[str, float], e
             "world_size": accelerator.num_processes,
             "wandb_id": wandb_id,
             "metrics": metrics,
-            "elapsed_s": elapsed_s,
+            # the data position: step s of the sample stream is a function of (seed, s) alone
+            "sample_stream": {"seed": cfg.seed, "next_step": step, "batch_size": cfg.train.batch_size},
+            "elapsed_s": elapsed_s,  # wall clock spent so far, for train.time_budget_s
         }
-        final = ckpt.finish_save(tmp, cfg.out_dir, step, state, cfg.train.keep_last)
+        final = ckpt.finish_save(tmp, cfg.out_dir, step, state, cfg.train.keep_last, cfg.train.keep_best)
     accelerator.wait_for_everyone()
     return final
 
@@ -460,23 +491,32 @@ def train(cfg: Config) -> TrainResult:
     accelerator, model, t = run.accelerator, run.model, cfg.train
     device = accelerator.device
     tokens_per_step = t.batch_size * cfg.model.block_size
+    model_flops = perf.flops_per_token(run.model_cfg)
+    peak = t.peak_tflops or perf.peak_tflops(device)  # None on CPU unless given: no MFU
     print0(
         accelerator,
-        f"{accelerator.num_processes} process(es) on {device.type}, mixed precision {t.mixed_precision}: "
+        f"{accelerator.num_processes} process(es) on {device.type}, mixed precision {accelerator.mixed_precision}"
+        f"{f', {torch.get_num_threads()} CPU thread(s) each' if device.type == 'cpu' else ''}: "
         f"global batch {t.batch_size} = micro batch {t.micro_batch_size} x {accelerator.num_processes} processes "
         f"x {run.accum} accumulation steps ({tokens_per_step:,} tokens/step); "
         f"{num_params(accelerator.unwrap_model(model)):,} parameters",
     )
+    if run.start_step >= t.max_steps:
+        print0(accelerator, f"{cfg.out_dir} is already trained to step {run.start_step} (train.max_steps is "
+                            f"{t.max_steps}); raise train.max_steps to train further")  # fmt: skip
+        accelerator.end_training()
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+        return TrainResult(run.start_step, run.resumed_metrics, unwrapped, accelerator.is_main_process)
     if accelerator.is_main_process:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     wandb_id = init_tracking(run)
+    tracking = Tracking(accelerator, cfg, model, run.tokenizer)  # memory, samples, loss.png, W&B extras
     metrics_log = MetricsLog(cfg.out_dir, accelerator.is_main_process)
 
     step = run.start_step
     batches = batch_stream(run, step)
     budget = TimeBudget(accelerator, t.time_budget_s, run.elapsed_s)
-    flops_per_token, peak = perf.flops_per_token(run.model_cfg), t.peak_tflops or perf.peak_tflops(device)
     stop = StopFlag()
     progress = make_progress(accelerator, step, t.max_steps)
     last: dict[str, Any] = {}
@@ -492,6 +532,7 @@ def train(cfg: Config) -> TrainResult:
             budget.tick(step)
 
             boundary = step == t.max_steps or budget.spent
+            evaluating = step % t.eval_interval == 0 or boundary
             record: dict[str, Any] = {}
             if step % t.log_interval == 0 or boundary:
                 # The exact mean over every micro-batch of every process (each has the same token count).
@@ -501,27 +542,29 @@ def train(cfg: Config) -> TrainResult:
                     "train/loss": loss_mean, "lr": lr, "grad_norm": float(grad_norm),
                     "tokens_per_s": timer_steps * tokens_per_step / elapsed, "step_ms": 1000 * elapsed / timer_steps,
                 }  # fmt: skip
-                utilisation = perf.mfu(flops_per_token, record["tokens_per_s"], accelerator.num_processes, peak)
-                if utilisation is not None:  # only where the device's peak is known
-                    record["mfu"] = utilisation
+                if peak is not None:  # model FLOPs utilisation, against the peak of every device in the job
+                    record["mfu"] = perf.mfu(model_flops, record["tokens_per_s"], accelerator.num_processes, peak)
+                record |= tracking.memory()
                 if not math.isfinite(loss_mean):
                     raise UserError(
                         f"the loss became {loss_mean} at step {step}; lower train.learning_rate "
                         "or use bf16 instead of fp16"
                     )
-            if step % t.eval_interval == 0 or boundary:
+            if evaluating:
                 record |= {f"eval/{k}": v for k, v in evaluate(run).items()}
             stopping = stop_requested(accelerator, stop, check=bool(record) or step % t.checkpoint_interval == 0)
             if record:
                 record |= {"step": step, "tokens": step * tokens_per_step}
                 last |= record
                 log(accelerator, progress, metrics_log, record)
-            if step % t.checkpoint_interval == 0 or boundary or stopping:
-                path = save(
-                    run, step, wandb_id, {k: v for k, v in last.items() if k.startswith("eval/")}, budget.elapsed()
-                )
+            if evaluating:
+                tracking.after_eval(step)
+            saving = step % t.checkpoint_interval == 0 or boundary or stopping
+            if saving:  # with this step's evaluation, if there was one (keep_best compares those)
+                evals = {k: v for k, v in record.items() if k.startswith("eval/")}
+                path = save(run, step, wandb_id, evals, budget.elapsed())
                 print0(accelerator, f"saved {path}")
-            if record or stopping:
+            if record or saving:  # throughput is measured over training steps only
                 timer_start, timer_steps = time.perf_counter(), 0
             if stopping:
                 print0(accelerator, f"stopped by signal {stop.signal} at step {step}; resume with resume=auto")
@@ -531,6 +574,13 @@ def train(cfg: Config) -> TrainResult:
         batches.close()
         progress.close()
         stop.restore()
+    if t.final_eval:  # the full pass over val (gpt.evaluate): logged as final/val/*, written to out_dir/eval.json
+        final = final_evaluation(
+            accelerator, model, run.val_data, run.tokenizer, cfg.model.block_size, t.micro_batch_size, cfg.out_dir, step
+        )
+        metrics_log.write(final | {"step": step, "tokens": step * tokens_per_step})
+        last |= final
+    tracking.finish(step, last)  # the last value of every metric, the final evaluation included, in the W&B summary
     accelerator.end_training()
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     return TrainResult(step, last, unwrapped, accelerator.is_main_process)

@@ -20,6 +20,9 @@ TINY = [
     "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
     "train.batch_size=8", "train.micro_batch_size=8", "train.max_steps=20", "train.warmup_steps=5",
     "train.log_interval=5", "train.eval_interval=10", "train.eval_windows=16", "train.checkpoint_interval=10",
+    # one thread per process: runs split over different numbers of processes then sum in the same order,
+    # and concurrent test processes do not oversubscribe the cores
+    "train.cpu_threads=1",
 ]  # fmt: skip
 
 

@@ -43,7 +43,7 @@ def test_corrupt_token_file_header(tmp_path, data_root):
     import shutil
 
     shutil.copytree(data_root / "tiny", tmp_path / "bad")
-    val = tmp_path / "bad" / "val.tok"
+    val = tmp_path / "bad" / "val-000000.tok"
     val.write_bytes(val.read_bytes()[:-100])
     r = run_script("train.py", *TINY, f"data.root={tmp_path}", "data.dataset=bad", cwd=tmp_path)
     assert_clean_error(r, str(val), "truncated or corrupt")
@@ -53,7 +53,7 @@ def test_wrong_magic(tmp_path, data_root):
     import shutil
 
     shutil.copytree(data_root / "tiny", tmp_path / "bad")
-    np.arange(1000, dtype=np.uint16).tofile(tmp_path / "bad" / "train.tok")  # a nanoGPT-style bare .bin
+    np.arange(1000, dtype=np.uint16).tofile(tmp_path / "bad" / "train-000000.tok")  # a nanoGPT-style bare .bin
     r = run_script("train.py", *TINY, f"data.root={tmp_path}", "data.dataset=bad", cwd=tmp_path)
     assert_clean_error(r, "is not a token file")
 

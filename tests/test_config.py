@@ -24,8 +24,15 @@ def test_overrides_are_typed():
             "train.mixed_precision=BF16",
         ]
     )
+    assert load_config(["train.mixed_precision=no"]).train.mixed_precision == "no"
     assert cfg.model.n_layer == 6 and cfg.train.learning_rate == 3e-4 and cfg.model.bias is False
     assert cfg.out_dir == "out/x" and cfg.wandb.tags == ["a", "b"] and cfg.train.mixed_precision == "bf16"
+
+
+def test_words_yaml_reads_as_booleans_stay_words_on_the_command_line():
+    cfg = load_config(["train.mixed_precision=no", "out_dir=on", "model.bias=off", "train.compile=yes"])
+    assert cfg.train.mixed_precision == "no" and cfg.out_dir == "on"
+    assert cfg.model.bias is False and cfg.train.compile is True
 
 
 def test_preset_then_overrides(tmp_path):
@@ -76,3 +83,15 @@ def test_help_lists_every_key_with_its_doc():
 def test_readme_config_table_is_up_to_date():
     readme = (ROOT / "README.md").read_text()
     assert markdown_table() in readme, "regenerate the README table with: python -m gpt.config --markdown"
+
+
+def test_cpu_threads_share_the_cores_over_the_processes_of_a_machine():
+    import os
+
+    from gpt.trainer import cpu_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads(3, local_processes=4) == 3  # as requested
+    assert 1 <= cpu_threads(0, local_processes=1) <= cores
+    assert cpu_threads(0, local_processes=1) >= cpu_threads(0, local_processes=2) >= 1
+    assert cpu_threads(0, local_processes=10 * cores) == 1

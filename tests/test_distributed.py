@@ -1,41 +1,333 @@
-"""Several processes over gloo on this machine, launched the way users launch them."""
+"""Several processes over gloo on this machine, launched the way users launch them.
+
+The same global batch split as 1 process x 4 accumulation steps, 2 x 2, 4 x 1, and over two
+"machines" on loopback must train the same model; a failing rank must end the job; FSDP is refused
+where accelerate cannot run it, and our FSDP policy and sharded checkpoints are exercised with
+torch's own FSDP2 on CPU.
+"""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
+from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, accelerate_launch, free_port
+from gpt.checkpoint import complete_checkpoints, latest_checkpoint, verify
+from gpt.config import ModelConfig
+from gpt.errors import UserError
+from gpt.fsdp import SHARDED_MODEL_DIR, accelerate_plugin, check_checkpoint_fits
+from gpt.model import build_model
 
-HELPER = str(ROOT / "tests" / "helpers" / "train_and_fingerprint.py")
+from conftest import ROOT, TINY, accelerate_launch, env, free_port, run_script
+
+HELPERS = ROOT / "tests" / "helpers"
 CPU_CONFIG = str(ROOT / "launch" / "cpu_multiprocess.yaml")
+# A global batch of 8 sequences in micro-batches of 2: 1 process x 4 accumulation steps, 2 x 2, 4 x 1.
+SPLIT = [*TINY, "train.micro_batch_size=2", "train.log_interval=1", "train.mixed_precision=no"]
 
 
-def losses(out: Path) -> list[float]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["train/loss"] for r in rows if "train/loss" in r]
+def run_args(data_root: Path, out: Path, *extra: str) -> list[str]:
+    return [*SPLIT, f"data.root={data_root}", "data.dataset=tiny", f"out_dir={out}", *extra]
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(out: Path, key: str = "train/loss") -> dict[int, float]:
+    return {m["step"]: m[key] for m in metrics(out) if key in m}
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(latest_checkpoint(out) / "model" / "model.safetensors"))
+
+
+def assert_same_training(out: Path, reference: Path) -> None:
+    """The same loss at every step and the same final weights, up to float summation order."""
+    for key in ("train/loss", "eval/train/loss", "eval/val/loss"):
+        got, want = losses(out, key), losses(reference, key)
+        assert got.keys() == want.keys() and len(got) > 0
+        for step in want:
+            assert got[step] == pytest.approx(want[step], abs=1e-5), f"{key} differs at step {step}"
+    got, want = final_weights(out), final_weights(reference)
+    assert got.keys() == want.keys()
+    for name in want:
+        a, b = got[name], want[name]
+        if name.endswith("attn.qkv.bias"):
+            # The key bias adds q.b to every score of a query, which the softmax cancels: its gradient is
+            # zero in exact arithmetic, so AdamW's normalised steps on it are rounding noise that differs
+            # with the summation order. Compare the query and value biases.
+            C = a.numel() // 3
+            a, b = torch.cat([a[:C], a[2 * C :]]), torch.cat([b[:C], b[2 * C :]])
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def output(r) -> str:
+    return r.stdout[-4000:] + r.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, data_root) -> Path:
+    """The reference: one process, 4 accumulation steps."""
+    out = tmp_path_factory.mktemp("split") / "1x4"
+    r = run_script("train.py", *run_args(data_root, out))
+    assert r.returncode == 0, output(r)
+    assert "1 process(es)" in r.stdout and "x 4 accumulation steps" in r.stdout
+    return out
 
 
 @pytest.mark.slow
-def test_two_processes_end_with_the_same_weights_on_both_ranks(tmp_path, data_root):
-    out = tmp_path / "ddp"
+@pytest.mark.parametrize("processes", [2, 4])
+def test_processes_times_accumulation_trains_the_same_model(processes, one_process, data_root, tmp_path):
+    out = tmp_path / f"{processes}x{4 // processes}"
     r = accelerate_launch(
-        "--config_file",
-        CPU_CONFIG,
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(free_port()),
-        HELPER,
-        *TINY,
-        "train.micro_batch_size=2",
-        f"data.root={data_root}",
-        "data.dataset=tiny",
-        f"out_dir={out}",
-        cwd=tmp_path,
+        "--config_file", CPU_CONFIG, "--num_processes", str(processes), "--main_process_port", str(free_port()),
+        str(HELPERS / "train_and_fingerprint.py"), *run_args(data_root, out), cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, output(r)
+    assert f"{processes} process(es)" in r.stdout and f"x {4 // processes} accumulation steps" in r.stdout
+    assert_same_training(out, one_process)
+    fingerprints = {(out / f"weights-{rank}.txt").read_text() for rank in range(processes)}
+    assert len(fingerprints) == 1  # every rank ends with the same weights
+    for folder in complete_checkpoints(out):  # each holds every process's files, checksummed
+        verify(folder)
+        listed = json.loads((folder / "manifest.json").read_text())["files"]
+        assert {f"random_states_{rank}.pkl" for rank in range(processes)} <= listed.keys()
+
+
+def launch_in_background(*args: str, log: Path, cwd: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *args]
+    return subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["multi_node_static.yaml", "multi_node_c10d.yaml"])
+def test_two_machines_on_loopback_train_the_same_model(config, one_process, data_root, tmp_path):
+    """Two launchers, one process each, meeting at 127.0.0.1 the way two machines meet."""
+    out, port = tmp_path / "two-machines", str(free_port())
+
+    def machine(rank: int) -> list[str]:
+        return [
+            "--config_file", str(ROOT / "launch" / config), "--num_machines", "2", "--num_processes", "2",
+            "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+            str(ROOT / "train.py"), *run_args(data_root, out),
+        ]  # fmt: skip
+
+    launchers = [launch_in_background(*machine(r), log=tmp_path / f"machine-{r}.log", cwd=tmp_path) for r in (0, 1)]
+    codes = [p.wait(timeout=300) for p in launchers]
+    logs = [(tmp_path / f"machine-{rank}.log").read_text() for rank in (0, 1)]
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "2 process(es)" in logs[0] and "x 2 accumulation steps" in logs[0]
+    assert_same_training(out, one_process)
+
+
+@pytest.mark.slow
+def test_bf16_on_cpu_trains_and_every_rank_ends_with_the_same_weights(tmp_path, data_root):
+    """bf16 from the launch (train.mixed_precision=auto takes it), over two processes."""
+    out = tmp_path / "bf16"
+    r = accelerate_launch(
+        "--config_file", CPU_CONFIG, "--num_processes", "2", "--main_process_port", str(free_port()),
+        "--mixed_precision", "bf16", str(HELPERS / "train_and_fingerprint.py"), *TINY, "train.micro_batch_size=2",
+        f"data.root={data_root}", "data.dataset=tiny", f"out_dir={out}", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, output(r)
+    assert "2 process(es) on cpu, mixed precision bf16" in r.stdout and "x 2 accumulation steps" in r.stdout
+    assert (out / "weights-0.txt").read_text() == (out / "weights-1.txt").read_text()
+    train = list(losses(out).values())
+    assert train[-1] < train[0] - 0.3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "launcher, how",
+    [("accelerate", "raise"), ("torchrun", "exit")],
+    ids=["accelerate-launch-rank-raises", "torchrun-rank-dies"],
+)
+def test_a_failing_rank_ends_the_job_quickly_with_its_error(launcher, how, tmp_path, data_root):
+    script = [str(HELPERS / "fail_at_step.py"), *run_args(data_root, tmp_path / "failing")]
+    if launcher == "accelerate":
+        cmd = ["-m", "accelerate.commands.launch", "--config_file", CPU_CONFIG, "--num_processes", "2"]
+        cmd += ["--main_process_port", str(free_port()), *script]
+    else:
+        cmd = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), *script]
+    start = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, *cmd], cwd=tmp_path, env=env(FAIL_RANK="1", FAIL_STEP="3", FAIL_HOW=how),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert r.returncode != 0
+    assert elapsed < 60, f"the job took {elapsed:.0f} s to end after a rank failed"
+    if how == "raise":
+        assert "RuntimeError: rank 1 failed on purpose at step 3" in r.stderr
+    else:
+        assert "exitcode  : 13" in r.stderr  # the launcher names the rank that died and its exit code
+    assert max(losses(tmp_path / "failing")) <= 3  # no rank trained on past the failure
+
+
+# ----------------------------------------------------------------------------------------------
+# FSDP
+
+
+@pytest.mark.slow
+def test_fsdp_launch_without_gpus_is_refused_with_one_line(tmp_path, data_root):
+    r = accelerate_launch(
+        "--config_file", str(ROOT / "launch" / "fsdp.yaml"), "--num_processes", "2",
+        "--main_process_port", str(free_port()), str(ROOT / "train.py"), *run_args(data_root, tmp_path / "fsdp"),
+        cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and "asked for FSDP but accelerate set up MULTI_CPU" in errors[0], output(r)
+    assert "launch/cpu_multiprocess.yaml" in errors[0]
+    assert not (tmp_path / "fsdp" / "metrics.jsonl").exists()
+
+
+def test_the_fsdp_plugin_makes_one_unit_per_block():
+    plugin = accelerate_plugin()
+    assert plugin.state_dict_type.name == "SHARDED_STATE_DICT"
+    model = build_model(ModelConfig(n_layer=3, n_head=2, n_embd=16, block_size=8, vocab_size=11))
+    policy = fsdp2_prepare_auto_wrap_policy(plugin, model)  # what accelerate's FSDP2 prepare applies
+    assert [name for name, module in model.named_modules() if policy(module)] == ["blocks.0", "blocks.1", "blocks.2"]
+
+
+def test_resuming_across_fsdp_and_ddp_is_refused_with_the_reason(tmp_path):
+    plain, sharded = tmp_path / "step-1", tmp_path / "step-2"
+    plain.mkdir()
+    (sharded / SHARDED_MODEL_DIR).mkdir(parents=True)
+    check_checkpoint_fits(plain, fsdp_run=False)
+    check_checkpoint_fits(sharded, fsdp_run=True)
+    with pytest.raises(UserError, match="saved by an FSDP run; resume it with an FSDP launch"):
+        check_checkpoint_fits(sharded, fsdp_run=False)
+    with pytest.raises(UserError, match="with FSDP: it was saved without FSDP"):
+        check_checkpoint_fits(plain, fsdp_run=True)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # the single-process read below is meant
+def test_fsdp2_on_cpu_shards_per_block_and_a_sharded_checkpoint_exports_to_sample(tmp_path, data_root):
+    out = tmp_path / "fsdp"
+    r = accelerate_launch(
+        "--config_file", CPU_CONFIG, "--num_processes", "2", "--main_process_port", str(free_port()),
+        str(HELPERS / "fsdp_shard_and_export.py"), str(data_root / "tiny"), str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, output(r)
+    report = json.loads((out / "report.json").read_text())
+    assert report["units"] == ["", "blocks.0", "blocks.1"]  # the root, then one unit per Block
+    for name, shard in report["shards"].items():  # every parameter split in two along its first dimension
+        assert shard["dtensor"] and shard["local"][0] == (shard["global"][0] + 1) // 2, name
+    assert report["losses"][-1] < report["losses"][0] - 0.2
+    for part in ("pytorch_model_fsdp_0", "optimizer_0"):  # one file per process, and the index
+        assert {f"{part}/__0_0.distcp", f"{part}/__1_0.distcp", f"{part}/.metadata"} <= set(report["files"])
+    assert report["resumed_equals_trained"] and report["optimizer_steps_restored"] == [6.0]
+
+    # The sharded files hold the whole model: read them in one process, without any process group.
+    import torch.distributed.checkpoint as dcp
+
+    exported = load_file(str(out / "export" / "model.safetensors"))
+    state = {"model": {name: torch.empty_like(t) for name, t in exported.items()}}
+    dcp.load(state, checkpoint_id=out / "checkpoint" / "pytorch_model_fsdp_0")
+    for name in exported:
+        assert torch.equal(state["model"][name], exported[name]), name
+
+    s = run_script("sample.py", "--out_dir", str(out / "export"), "--max_new_tokens", "20", "--num_samples", "1")
+    assert s.returncode == 0, s.stderr
+    assert "--- sample 1 of 1 ---" in s.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="accelerate runs FSDP only on CUDA GPUs")
+def test_fsdp_through_accelerate_on_gpus_saves_sharded_resumes_and_exports(tmp_path, data_root):
+    gpus = min(torch.cuda.device_count(), 2)
+    out = tmp_path / "fsdp-gpu"
+
+    def launch(*extra: str):
+        return accelerate_launch(
+            "--config_file", str(ROOT / "launch" / "fsdp.yaml"), "--num_processes", str(gpus),
+            "--main_process_port", str(free_port()), str(ROOT / "train.py"),
+            *run_args(data_root, out, "train.mixed_precision=auto", *extra), cwd=tmp_path,
+        )  # fmt: skip
+
+    r = launch()
+    assert r.returncode == 0, output(r)
+    assert "mixed precision bf16" in r.stdout
+    step = latest_checkpoint(out)
+    assert (step / "pytorch_model_fsdp_0").is_dir() and (step / "optimizer_0").is_dir()
+    assert (step / "model" / "model.safetensors").is_file()
+    r = launch("train.max_steps=30")
+    assert r.returncode == 0, output(r)
+    assert "resumed from" in r.stdout and latest_checkpoint(out).name == "step-0000030"
+    s = run_script("sample.py", "--out_dir", str(out), "--max_new_tokens", "20", "--num_samples", "1")
+    assert s.returncode == 0, s.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# SLURM
+
+
+def slurm_env(tmp_path: Path, nodes: int, **extra: str) -> dict[str, str]:
+    """The variables SLURM sets in a batch job, with fake srun/scontrol first on PATH."""
+    variables = {
+        "PATH": f"{HELPERS / 'fake_slurm'}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": str(nodes), "SLURM_JOB_NODELIST": "127.0.0.1",
+        "SLURM_GPUS_ON_NODE": "1", "SLURM_SUBMIT_DIR": str(ROOT), "FAKE_SLURM_LOG": str(tmp_path / "scontrol.log"),
+    }  # fmt: skip
+    return env(**(variables | extra))
+
+
+def test_slurm_script_derives_ranks_address_and_port_from_the_allocation(tmp_path):
+    e = slurm_env(tmp_path, nodes=3, SLURM_JOB_NODELIST="gpu-a,gpu-b,gpu-c", SLURM_GPUS_ON_NODE="8")
+    r = subprocess.run(
+        ["bash", str(ROOT / "launch" / "slurm.sbatch"), "--dry-run", "shakespeare_char", "out_dir=/shared/run 1"],
+        env=e, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 3
+    for node, line in enumerate(lines):
+        assert line == (
+            f"node {node}: accelerate launch --config_file launch/multi_node_static.yaml --num_machines 3 "
+            f"--num_processes 24 --machine_rank {node} --main_process_ip gpu-a --main_process_port 24242 "
+            r"train.py shakespeare_char out_dir=/shared/run\ 1 resume=auto"
+        )
+    outside = subprocess.run(
+        ["bash", str(ROOT / "launch" / "slurm.sbatch"), "--dry-run"], env=env(), capture_output=True, text=True
     )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "2 process(es)" in r.stdout and "x 2 accumulation steps" in r.stdout
-    w0, w1 = (out / "weights-0.txt").read_text(), (out / "weights-1.txt").read_text()
-    assert w0 == w1
-    assert losses(out)[-1] < losses(out)[0]
+    assert outside.returncode != 0 and "not inside a SLURM allocation" in outside.stderr
+
+
+@pytest.mark.slow
+def test_slurm_script_stops_on_usr1_requeues_and_the_requeued_job_resumes(tmp_path, data_root):
+    """Two "nodes" on this machine (srun and scontrol faked): SIGUSR1 before the time limit makes
+    every training process save and stop, the job is requeued, and running it again continues."""
+    out = tmp_path / "slurm"
+    args = run_args(data_root, out, "train.max_steps=100", "train.eval_interval=1000", "train.checkpoint_interval=1000")
+    e = slurm_env(tmp_path, nodes=2, MAIN_PORT=str(free_port()))
+    cmd = ["bash", str(ROOT / "launch" / "slurm.sbatch"), *args]
+    log = tmp_path / "job-1.log"
+    job = subprocess.Popen(cmd, env=e, cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):
+        assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+    job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@120 does
+    assert job.wait(timeout=120) == 0, log.read_text()[-3000:]
+    first = log.read_text()
+    stopped_at = int(latest_checkpoint(out).name.split("-")[1])
+    assert 0 < stopped_at < 100, first[-3000:]
+    assert f"stopped by signal {int(signal.SIGUSR1)} at step {stopped_at}" in first
+    assert (tmp_path / "scontrol.log").read_text().splitlines() == ["requeue 4242"]
+
+    second = subprocess.run(cmd, env=e, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, output(second)
+    assert "resumed from" in second.stdout and f"at step {stopped_at}" in second.stdout
+    assert latest_checkpoint(out).name == "step-0000100"
+    logged = [m["step"] for m in metrics(out) if "train/loss" in m]
+    assert logged == list(range(1, 101))  # every step logged once, none repeated
+    assert (tmp_path / "scontrol.log").read_text().splitlines() == ["requeue 4242"]  # no second requeue

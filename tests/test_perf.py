@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gpt import perf
-from gpt.checkpoint import check_same_model, clean_state_dict, latest_checkpoint, load_exported
+from gpt.checkpoint import check_same_model, clean_state_dict, latest_checkpoint
 from gpt.config import ModelConfig, TrainConfig, load_config, to_dict
 from gpt.errors import UserError
 from gpt.model import GPT
@@ -164,30 +164,14 @@ def test_time_budget_ends_training_and_decays_the_lr(tmp_path, data_root):
     budget = ["train.time_budget_s=15", "train.min_lr=0", "train.log_interval=1", "train.eval_interval=100000"]
     r = run_script("train.py", *args, *budget)
     assert r.returncode == 0, r.stderr
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in logged if "train/loss" in r]  # the training steps' records (not the final evaluation)
     last = records[-1]
     assert 5 < last["step"] < 1_000_000 and "eval/val/loss" in last  # stopped by the clock, then evaluated
     assert max(r["lr"] for r in records) == pytest.approx(TrainConfig().learning_rate)  # warm-up to the top...
     assert last["lr"] < 0.05 * TrainConfig().learning_rate  # ...and the cosine has come down with the time
     state = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())
     assert 15 <= state["elapsed_s"] < 15 + 120
-
-
-def test_trainer_logs_mfu_when_the_peak_is_known(tmp_path, data_root):
-    out = tmp_path / "mfu"
-    args = [*TINY, f"data.root={data_root}", "data.dataset=tiny", f"out_dir={out}", "train.peak_tflops=0.001"]
-    assert run_script("train.py", *args).returncode == 0
-    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in logged if "tokens_per_s" in r]
-    flops = perf.flops_per_token(load_exported(out)[0].cfg)
-    assert rows and flops > 0
-    for r in rows:
-        assert r["mfu"] == pytest.approx(flops * r["tokens_per_s"] / 1e9)
-    plain = tmp_path / "plain"
-    assert (
-        run_script("train.py", *TINY, f"data.root={data_root}", "data.dataset=tiny", f"out_dir={plain}").returncode == 0
-    )
-    assert not any("mfu" in json.loads(line) for line in (plain / "metrics.jsonl").read_text().splitlines())
 
 
 def test_bench_times_the_trainer_and_the_plain_loop_on_the_same_work(tmp_path, data_root):

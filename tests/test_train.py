@@ -1,6 +1,8 @@
 """End to end, as a user runs it: train.py, then sample.py, in subprocesses."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +10,10 @@ import pytest
 import torch
 
 from gpt.checkpoint import latest_checkpoint, load_exported
+from gpt.data import TokenStream, split_files
 
 import wandb_offline
-from conftest import TINY, run_script
+from conftest import TINY, env, run_script
 
 
 def metrics(out: Path) -> list[dict]:
@@ -29,7 +32,12 @@ def trained(tmp_path_factory, data_root):
         f"out_dir={out}",
         "wandb.mode=offline",
         "wandb.tags=test,tiny",
+        "wandb.log_model=true",
+        "train.peak_tflops=0.05",  # a made-up peak, so that MFU is logged on CPU
         cwd=out.parent,
+        WANDB_DATA_DIR=str(out.parent / "wandb-data"),  # W&B stages artifacts here, not in the home folder
+        WANDB_PROJECT="from-env",
+        WANDB_RUN_GROUP="group-from-env",
     )
     assert r.returncode == 0, r.stdout + r.stderr
     return out, r
@@ -66,6 +74,63 @@ def test_wandb_offline_run_holds_the_logged_losses(trained):
     assert config["model"]["n_layer"] == 2 and config["derived"]["accumulation_steps"] == 1
     state = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())
     assert wandb_offline.run_id(run_file) == state["wandb_id"]
+    info = wandb_offline.run_info(run_file)  # from the config, else the WANDB_* variables, else defaults
+    assert info == {"project": "from-env", "name": "tiny", "group": "group-from-env", "tags": ["test", "tiny"],
+                     "notes": ""}  # fmt: skip
+    assert config["derived"]["tokens_per_step"] == 8 * 32 and config["derived"]["world_size"] == 1
+
+
+def offline_run_file(out: Path) -> Path:
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    return run_file
+
+
+def test_wandb_metrics_are_against_tokens_and_include_memory(trained):
+    out, _ = trained
+    run_file = offline_run_file(out)
+    assert wandb_offline.metric_definitions(run_file) == {"tokens": "", "*": "tokens"}
+    history = wandb_offline.history(run_file)
+    tokens_per_step = 8 * 32  # train.batch_size x model.block_size
+    for m in metrics(out):
+        row = history[m["step"]]
+        assert row["tokens"] == m["tokens"] == m["step"] * tokens_per_step
+        if "train/loss" in m:
+            for key in ("lr", "grad_norm", "tokens_per_s", "step_ms", "memory/rss_peak_gib"):
+                assert row[key] == pytest.approx(m[key])
+            assert 0.05 < m["memory/rss_peak_gib"] < 64  # a real peak RSS of a Python process with torch
+
+
+def test_wandb_table_of_samples_at_each_evaluation(trained):
+    out, _ = trained
+    tables = wandb_offline.tables(offline_run_file(out), "samples")
+    assert sorted(tables) == [10, 20]  # train.eval_interval=10, max_steps=20
+    local = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    for step, table in tables.items():
+        assert table["columns"] == ["step", "tokens", "sample", "text"]
+        assert [row[:3] for row in table["data"]] == [[step, step * 256, i] for i in range(3)]  # train.eval_samples=3
+        texts = [row[3] for row in table["data"]]
+        assert texts == [r["text"] for r in local if r["step"] == step]
+        assert all(t.startswith("\n") and len(t) > 50 for t in texts)  # prompt + up to 100 characters
+    assert tables[10]["data"] != tables[20]["data"]  # the model changed between evaluations
+
+
+def test_wandb_summary_holds_the_final_metrics_and_the_model_artifact(trained):
+    out, _ = trained
+    run_file = offline_run_file(out)
+    final = [m for m in metrics(out) if "eval/val/loss" in m][-1]
+    summary = wandb_offline.summary(run_file)
+    assert summary["step"] == 20 and summary["tokens"] == 20 * 256
+    assert summary["eval/val/loss"] == pytest.approx(final["eval/val/loss"])
+    (model,) = [a for a in wandb_offline.artifacts(run_file) if a["type"] == "model"]
+    assert model["name"] == f"model-{wandb_offline.run_id(run_file)}"
+    assert sorted(model["aliases"]) == ["latest", "step-0000020"]
+    assert model["files"] == ["config.json", "model.safetensors", "tokenizer.json"]
+
+
+def test_loss_plot_is_written_at_each_evaluation(trained):
+    out, _ = trained
+    png = (out / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
 def test_sample_prints_text(trained):
@@ -107,3 +172,39 @@ def test_resume_continues_from_the_latest_checkpoint(trained, data_root, tmp_pat
     runs = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len({wandb_offline.run_id(p) for p in runs}) == 1  # one W&B run, continued
     assert latest_checkpoint(out).name == "step-0000030"
+
+
+def test_final_evaluation_is_the_full_val_pass_logged_and_written_beside_the_checkpoint(trained, data_root):
+    out, r = trained
+    final = json.loads((out / "eval.json").read_text())
+    n_val = len(TokenStream(split_files(data_root / "tiny", "val")))
+    assert final["step"] == 20 and final["split"] == "val" and final["tokens"] == n_val - 1
+    assert final["checkpoint"].endswith("step-0000020") and "bits per byte" in r.stdout
+    logged = [m for m in metrics(out) if "final/val/loss" in m]
+    assert len(logged) == 1 and logged[0]["final/val/bits_per_byte"] == pytest.approx(final["bits_per_byte"])
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    assert wandb_offline.history(run_file)[20]["final/val/bits_per_byte"] == pytest.approx(final["bits_per_byte"])
+
+    # the evaluation command, on the saved checkpoint, finds the run's data and gives the same figures
+    cmd = [sys.executable, "-m", "gpt.evaluate", "--out_dir", str(out)]
+    again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    by_command = json.loads((out / "eval-val.json").read_text())
+    assert by_command["tokens"] == final["tokens"] and by_command["bytes"] == final["bytes"]
+    assert by_command["loss"] == pytest.approx(final["loss"], rel=1e-9)
+
+
+def test_mfu_is_logged_against_the_configured_peak(trained):
+    out, _ = trained
+    model, _, _ = load_exported(out)
+    # N: the weights that multiply activations (the blocks' matrices and the tied head); lookups, biases
+    # and norm gains are left out
+    matrices = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
+    n_params = sum(p.numel() for p in matrices) + model.wte.weight.numel()
+    per_token = 6 * n_params + 12 * 2 * 32 * 32  # 6N + 12 * n_layer * n_embd * block_size
+    run_file = offline_run_file(out)
+    history = wandb_offline.history(run_file)
+    for m in metrics(out):
+        if "train/loss" in m:
+            assert m["mfu"] == pytest.approx(m["tokens_per_s"] * per_token / 0.05e12)
+            assert history[m["step"]]["mfu"] == pytest.approx(m["mfu"])

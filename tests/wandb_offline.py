@@ -69,8 +69,64 @@ def config(path: str | Path) -> dict[str, object]:
     return out
 
 
+def run_info(path: str | Path) -> dict[str, object]:
+    """Project, name, group, tags and notes of the run, as given to wandb.init."""
+    for rec in records(path):
+        if rec.WhichOneof("record_type") == "run":
+            r = rec.run
+            return {"project": r.project, "name": r.display_name, "group": r.run_group, "tags": list(r.tags),
+                    "notes": r.notes}  # fmt: skip
+    raise AssertionError(f"no run record in {path}")
+
+
 def run_id(path: str | Path) -> str:
     for rec in records(path):
         if rec.WhichOneof("record_type") == "run":
             return rec.run.run_id
     raise AssertionError(f"no run record in {path}")
+
+
+def _flat_key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def summary(path: str | Path) -> dict[str, object]:
+    """The run summary as it stands at the end of the file (later updates win)."""
+    out: dict[str, object] = {}
+    for rec in records(path):
+        if rec.WhichOneof("record_type") == "summary":
+            for item in rec.summary.update:
+                out[_flat_key(item)] = json.loads(item.value_json)
+    return out
+
+
+def metric_definitions(path: str | Path) -> dict[str, str]:
+    """define_metric calls: metric name (or glob) -> its step metric ('' when none)."""
+    out = {}
+    for rec in records(path):
+        if rec.WhichOneof("record_type") == "metric":
+            out[rec.metric.name or rec.metric.glob_name] = rec.metric.step_metric
+    return out
+
+
+def tables(path: str | Path, key: str) -> dict[int, dict[str, object]]:
+    """step -> the table logged under ``key`` at that step ({"columns": [...], "data": [[...], ...]}).
+
+    A logged table is a JSON file under the run's files/ folder; its history row holds the path."""
+    files = Path(path).parent / "files"
+    out = {}
+    for step, row in history(path).items():
+        if row.get(f"{key}/_type") == "table-file":
+            out[step] = json.loads((files / str(row[f"{key}/path"])).read_text())
+    return out
+
+
+def artifacts(path: str | Path) -> list[dict[str, object]]:
+    """Logged artifacts: type, name, aliases and the paths of the files in them."""
+    out = []
+    for rec in records(path):
+        if rec.WhichOneof("record_type") == "artifact":
+            a = rec.artifact
+            files = sorted(entry.path for entry in a.manifest.contents)
+            out.append({"type": a.type, "name": a.name, "aliases": list(a.aliases), "files": files})
+    return out

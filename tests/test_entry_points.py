@@ -1,0 +1,31 @@
+"""Every entry point opens with a docstring that shows how to run it, and answers --help with it."""
+
+import ast
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, env
+
+ENTRY_POINTS = {  # how it is run -> its source file
+    ("train.py",): "train.py",
+    ("sample.py",): "sample.py",
+    ("-m", "gpt.prepare"): "gpt/prepare.py",
+    ("-m", "gpt.plot"): "gpt/plot.py",
+    ("-m", "gpt.hf"): "gpt/hf.py",
+    ("-m", "gpt.config"): "gpt/config.py",
+}
+
+
+@pytest.mark.parametrize("command, source", list(ENTRY_POINTS.items()), ids=list(ENTRY_POINTS.values()))
+def test_docstring_shows_how_to_run_it_and_help_prints_it(command, source):
+    doc = ast.get_docstring(ast.parse((ROOT / source).read_text()))
+    invocation = command[0] if command[0] != "-m" else f"python -m {command[1]}"
+    usage_lines = [line.strip() for line in doc.splitlines() if invocation in line]
+    assert usage_lines, f"the docstring of {source} shows no `{invocation}` command"
+    r = subprocess.run(
+        [sys.executable, *command, "--help"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert usage_lines[0] in r.stdout

@@ -1,0 +1,125 @@
+"""The full evaluation pass: coverage, bits per byte by hand, exact byte counts, processes."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from gpt.checkpoint import save_weights, write_export
+from gpt.config import ModelConfig
+from gpt.data import TokenStream, split_files, write_token_file
+from gpt.evaluate import evaluate_split, token_byte_lengths
+from gpt.model import GPT, BigramLanguageModel
+from gpt.tokenizer import CharTokenizer, GPT2Tokenizer, load_tokenizer
+
+from conftest import ROOT, accelerate_launch, env, free_port
+
+CPU_CONFIG = str(ROOT / "launch" / "cpu_multiprocess.yaml")
+
+
+def token_stream(tmp_path, ids, tokenizer) -> TokenStream:
+    return TokenStream([write_token_file(tmp_path / "val.tok", ids, tokenizer.vocab_size, tokenizer.identity)])
+
+
+def test_bits_per_byte_of_a_hand_set_bigram_model_matches_the_hand_computation(tmp_path):
+    tok = CharTokenizer("abé")  # ids: a 0, b 1, é 2 ('é' is 2 bytes in UTF-8)
+    next_probs = torch.tensor(
+        [
+            [1 / 4, 1 / 2, 1 / 4],  # after a
+            [1 / 2, 1 / 4, 1 / 4],  # after b
+            [1 / 4, 1 / 2, 1 / 4],  # after é
+        ]
+    )
+    model = BigramLanguageModel(ModelConfig(kind="bigram", vocab_size=3, block_size=2))
+    with torch.no_grad():
+        model.table.weight.copy_(next_probs.log())
+    data = token_stream(tmp_path, tok.encode("abéaba"), tok)
+    # predicted: b after a (1/2: 1 bit), é after b (1/4: 2 bits), a after é (1/4: 2 bits),
+    # b after a (1 bit), a after b (1/2: 1 bit) -> 7 bits over the 6 bytes of "béaba"
+    result = evaluate_split(model, data, token_byte_lengths(tok), block_size=2, batch_size=2)
+    assert (result.tokens, result.bytes, result.windows) == (5, 6, 3)  # windows of 2, 2 and 1 predictions
+    assert result.bits_per_byte == pytest.approx(7 / 6, rel=1e-6)
+    assert result.loss == pytest.approx(7 * math.log(2) / 5, rel=1e-6)
+    assert result.perplexity == pytest.approx(2 ** (7 / 5), rel=1e-6)
+
+
+@pytest.mark.parametrize("block_size, batch_size", [(32, 4), (37, 3), (4001, 1)])
+def test_every_token_is_predicted_once(tmp_path, shakespeare, block_size, batch_size):
+    """A bigram model's loss doesn't depend on context, so the full pass must equal the plain mean over
+    all consecutive pairs; a token skipped or counted twice would change it."""
+    tok = CharTokenizer.from_text(shakespeare)
+    ids = tok.encode(shakespeare[:4000])
+    torch.manual_seed(0)
+    model = BigramLanguageModel(ModelConfig(kind="bigram", vocab_size=tok.vocab_size, block_size=block_size))
+    with torch.no_grad():
+        model.table.weight.normal_(0.0, 2.0)
+    pairs = torch.tensor(ids)
+    expected = F.cross_entropy(model.table.weight[pairs[:-1]].double(), pairs[1:]).item()
+    result = evaluate_split(model, token_stream(tmp_path, ids, tok), token_byte_lengths(tok), block_size, batch_size)
+    assert result.tokens == len(ids) - 1 and result.bytes == len(shakespeare[1:4000].encode("utf-8"))
+    assert result.loss == pytest.approx(expected, rel=1e-9)
+
+
+def test_byte_lengths_are_exact_for_both_tokenizers():
+    text = "Voilà — naïve café, 日本語 and 🙂!\n"
+    char = CharTokenizer(text)
+    assert token_byte_lengths(char)[char.encode(text)].sum().item() == len(text.encode("utf-8"))
+    gpt2 = GPT2Tokenizer()
+    ids = gpt2.encode(text)
+    assert any("\ufffd" in gpt2.decode([i]) for i in ids)  # some tokens are parts of characters here
+    lengths = token_byte_lengths(gpt2)
+    assert lengths[ids].sum().item() == len(text.encode("utf-8"))
+    assert lengths[ids + [gpt2.eot_id] + ids].sum().item() == 2 * len(text.encode("utf-8"))  # end-of-text: 0
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory, data_root):
+    """A random GPT with the tiny dataset's tokenizer, as a portable export outside any run."""
+    folder = tmp_path_factory.mktemp("export")
+    tok = load_tokenizer(data_root / "tiny" / "tokenizer.json")
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=24, vocab_size=tok.vocab_size)
+    model = GPT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
+    save_weights(model.state_dict(), folder / "weights.safetensors")
+    write_export(folder / "model", folder / "weights.safetensors", cfg, tok, {"step": 7})
+    return folder / "model"
+
+
+def evaluate_command(*args: str, **kw) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "gpt.evaluate", *args]
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300, **kw)
+
+
+@pytest.mark.slow
+def test_two_processes_give_what_one_process_gives(tmp_path, export, data_root):
+    common = ["--out_dir", str(export), "--data", str(data_root / "tiny"), "--batch_size", "4"]
+    one = evaluate_command(*common, "--json", str(tmp_path / "one.json"))
+    assert one.returncode == 0, one.stderr
+    two = accelerate_launch(
+        "--config_file", CPU_CONFIG, "--num_processes", "2", "--main_process_port", str(free_port()),
+        "-m", "gpt.evaluate", *common, "--json", str(tmp_path / "two.json"), cwd=tmp_path,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    assert (a["processes"], b["processes"]) == (1, 2)
+    n_val = len(TokenStream(split_files(data_root / "tiny", "val")))
+    assert a["tokens"] == b["tokens"] == n_val - 1 and a["bytes"] == b["bytes"]
+    for key in ("loss", "perplexity", "bits_per_byte"):
+        assert b[key] == pytest.approx(a[key], rel=1e-6), key
+    assert "bits per byte" in one.stdout and "bits per byte" in two.stdout
+    assert two.stdout.count("bits per byte") == 1  # one table, from the main process
+
+
+def test_command_refuses_bad_input_with_one_line(tmp_path, export, data_root):
+    r = evaluate_command("--out_dir", str(export))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "pass --data" in r.stderr
+    r = evaluate_command("--out_dir", str(export), "--data", str(data_root / "tiny"), "--split", "test")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "no token files for split 'test'" in r.stderr
