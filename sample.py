@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gpt.config import SampleConfig, parse_flags
 from gpt.errors import UserError, run_main
-from gpt.generate import check_options, encode_prompt, load, sample_ids
+from gpt.generate import check_options, encode_prompt, load, resolve_context_mode, sample_ids
 
 
 def read_prompt(start: str) -> str:
@@ -44,6 +44,7 @@ def main(argv: list[str]) -> int:
     cfg = parse_flags(SampleConfig, argv, "sample.py", __doc__)
     check_options(cfg.max_new_tokens, cfg.num_samples, cfg.temperature, cfg.top_k, cfg.top_p, cfg.context_mode)
     model, tokenizer, _ = load(cfg.out_dir, cfg.device, cfg.dtype)
+    context_mode = resolve_context_mode(model, cfg.context_mode)  # 'auto': rolling for rotary models
     prompt = read_prompt(cfg.start)
     ids = encode_prompt(tokenizer, prompt)
     stream = sys.stdout.isatty()  # token by token on a terminal, whole samples otherwise
@@ -53,7 +54,7 @@ def main(argv: list[str]) -> int:
     samples: list[list[int]] = [[] for _ in range(cfg.num_samples)]
     for samples in sample_ids(
         model, ids, cfg.max_new_tokens, cfg.num_samples, cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed,
-        tokenizer.eot_id, cfg.context_mode,
+        tokenizer.eot_id, context_mode,
     ):  # fmt: skip
         if stream:
             text = complete_prefix(tokenizer.decode(samples[0]))

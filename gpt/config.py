@@ -228,13 +228,16 @@ class SampleConfig:
     top_k: int = doc(0, "Sample only from the k most likely tokens; 0 disables.")
     top_p: float = doc(1.0, "Nucleus sampling: the smallest set of tokens whose probability reaches p; 1 disables.")
     seed: int = doc(1337, "Random seed; the same seed gives the same samples.")
-    context_mode: Literal["exact", "fast"] = doc(
-        "exact",
+    context_mode: Literal["auto", "exact", "fast", "rolling"] = doc(
+        "auto",
         "Past the context length: 'exact' re-fills the key/value cache from the last block_size tokens at "
         "every step (the same tokens as decoding without a cache, one full forward pass per token); 'fast' "
         "drops the oldest half of the window and re-fills once per half window (much faster, but the model "
         "then sees between block_size/2 + 1 and block_size tokens, so samples differ from 'exact' past the "
-        "context length).",
+        "context length); 'rolling' (rotary models only) keeps every cached key and value and lets each new "
+        "token replace the oldest, one cheap step per token: every layer attends to the last block_size "
+        "tokens with their true distances (for one layer the same as 'exact'; deeper, the cached states "
+        "also carry older context). 'auto': 'rolling' for rotary models, else 'exact'.",
     )
     device: str = doc("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps'.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(

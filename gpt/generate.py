@@ -15,6 +15,14 @@ token shifts every position and invalidates every cached key and value. Two ways
   then decode token by token again until the window is full. One re-fill per half window; the
   model sees between block_size / 2 + 1 and block_size tokens of context, so the text differs
   from ``exact`` once the context length is passed (it is identical before).
+- ``rolling``, for models with rotary positions (``model.position=rope``): an attention score
+  depends only on how far apart two tokens are, so cached keys stay valid when the window slides.
+  Each new token takes the slot of the oldest one and every step is one cheap cached step. Every
+  layer attends to the last block_size tokens at their true distances; for a one-layer model that
+  is exactly ``exact``, and for deeper ones the cached states of the window's tokens were computed
+  when they could see further back (a sliding-window model), so the text may differ from ``exact``.
+
+``auto`` (the default) is ``rolling`` for rotary models and ``exact`` for the others.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from gpt.checkpoint import load_exported
 from gpt.errors import UserError
 from gpt.tokenizer import Tokenizer
 
-ContextMode = Literal["exact", "fast"]
+ContextMode = Literal["auto", "exact", "fast", "rolling"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -83,6 +91,19 @@ def check_options(
         raise UserError(f"context_mode must be one of {', '.join(get_args(ContextMode))}, got {context_mode!r}")
 
 
+def resolve_context_mode(model: torch.nn.Module, context_mode: str) -> str:
+    """'auto' -> 'rolling' for rotary models, else 'exact'; 'rolling' is refused for the others."""
+    rotary = model.cfg.kind == "gpt" and model.cfg.position == "rope"
+    if context_mode == "auto":
+        return "rolling" if rotary else "exact"
+    if context_mode == "rolling" and not rotary:
+        raise UserError(
+            "context_mode=rolling needs a model with rotary positions (model.position=rope); this one has "
+            "learned positions, which a sliding window shifts: use exact or fast"
+        )
+    return context_mode
+
+
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Set to -inf every logit outside the top-k and outside the nucleus of mass top_p. logits: (B, V)."""
     if top_k > 0:
@@ -119,7 +140,7 @@ def generate_tokens(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
-    context_mode: ContextMode = "exact",
+    context_mode: ContextMode = "auto",
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every sequence, (B,), max_new_tokens times. prompt: (B, T0) ids.
 
@@ -130,10 +151,14 @@ def generate_tokens(
     Without a cache every step runs the model on the whole window, which gives the same tokens.
     """
     block_size = model.cfg.block_size
+    context_mode = resolve_context_mode(model, context_mode)
+    rolling = context_mode == "rolling"
+    if rolling and not use_cache:
+        raise UserError("context_mode=rolling works through the key/value cache; use exact without a cache")
     # on overflow, 'exact' drops the oldest token; 'fast' drops the oldest half of the window
-    keep = block_size if context_mode == "exact" else min(block_size, block_size - block_size // 2 + 1)
+    keep = min(block_size, block_size - block_size // 2 + 1) if context_mode == "fast" else block_size
     context = prompt[:, -block_size:]  # (B, T)
-    cache = model.new_cache() if use_cache else None
+    cache = model.new_cache(rolling=rolling) if use_cache else None
     logits, _ = model(context, cache=cache)
     for step in range(max_new_tokens):
         # [:vocab_size]: the head may have padding rows (model.pad_vocab_to); they are never sampled
@@ -147,7 +172,7 @@ def generate_tokens(
             context = context[:, -keep:]
         if cache is None:
             logits, _ = model(context)  # the whole window, every step
-        elif cropped:
+        elif cropped and not rolling:
             cache.reset()  # positions shifted: re-encode the window
             logits, _ = model(context, cache=cache)
         else:
@@ -173,7 +198,7 @@ def sample_ids(
     top_p: float = 1.0,
     seed: int = 1337,
     eot_id: int | None = None,
-    context_mode: ContextMode = "exact",
+    context_mode: ContextMode = "auto",
     use_cache: bool = True,
 ) -> Iterator[list[list[int]]]:
     """Generate ``num_samples`` continuations of one prompt as one batch.
@@ -210,7 +235,7 @@ def generate_text(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: int = 1337,
-    context_mode: ContextMode = "exact",
+    context_mode: ContextMode = "auto",
 ) -> list[str]:
     """Generate ``num_samples`` continuations of ``prompt`` as one batch; returns prompt + continuation.
 

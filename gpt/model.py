@@ -26,25 +26,43 @@ from gpt.config import ModelConfig
 class KVCache:
     """Keys and values of the tokens seen so far, one pair of tensors per layer, for fast decoding.
 
-    Storage is allocated once for ``max_len`` positions; ``pos`` counts the positions filled.
+    Storage is allocated once for ``max_len`` positions; ``pos`` counts the tokens seen. A ``rolling``
+    cache (for rotary positions only) keeps going once full: each new token overwrites the oldest
+    one's slot, so attention always covers the last ``max_len`` tokens. That is only right where a
+    score depends on how far apart two tokens are, not on their slots: rotary positions (the keys
+    are stored already rotated by their own positions), one token at a time, no mask needed.
     """
 
-    def __init__(self, n_layer: int, max_len: int):
+    def __init__(self, n_layer: int, max_len: int, rolling: bool = False):
         self.max_len = max_len
+        self.rolling = rolling
         self.pos = 0
         self.keys: list[torch.Tensor | None] = [None] * n_layer
         self.values: list[torch.Tensor | None] = [None] * n_layer
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new (B, nh, T, hs) keys/values at ``pos``; return all of them, (B, nh, P+T, hs)."""
+        """Store the new (B, nh, T, hs) keys/values; return every cached one, (B, nh, P+T, hs) (P+T at most max_len)."""
         B, nh, T, hs = k.shape
         if self.keys[layer] is None:
             self.keys[layer] = k.new_empty(B, nh, self.max_len, hs)
             self.values[layer] = v.new_empty(B, nh, self.max_len, hs)
         end = self.pos + T
-        self.keys[layer][:, :, self.pos : end] = k
-        self.values[layer][:, :, self.pos : end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        if end <= self.max_len:
+            self.keys[layer][:, :, self.pos : end] = k
+            self.values[layer][:, :, self.pos : end] = v
+            return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        if not self.rolling or T != 1:
+            raise ValueError(
+                f"the cache holds {self.max_len} positions; {end} is more (a rolling cache takes 1 at a time)"
+            )
+        slot = self.pos % self.max_len  # the oldest token's slot; the order of slots does not matter (see above)
+        self.keys[layer][:, :, slot] = k[:, :, 0]
+        self.values[layer][:, :, slot] = v[:, :, 0]
+        return self.keys[layer], self.values[layer]
+
+    @property
+    def full(self) -> bool:
+        return self.pos >= self.max_len
 
     def advance(self, n: int) -> None:
         """Mark n more positions as filled (called once per forward pass, after all layers)."""
@@ -70,19 +88,18 @@ class Rotary(nn.Module):
     one complex multiplication instead of a handful of elementwise operations.
     """
 
-    def __init__(self, head_size: int, max_len: int, base: float):
+    def __init__(self, head_size: int, base: float):
         super().__init__()
-        theta = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (hs/2,)
-        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), theta)  # (max_len, hs/2)
-        # Derived from the config, so not saved with the weights.
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.head_size, self.base = head_size, base  # the angles are computed from these at every call:
+        # a few hundred numbers, and no buffer that model.to(torch.bfloat16) could round
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """x: (B, T, H, hs), H vectors per position, at positions start .. start+T-1 -> rotated, same shape."""
-        T = x.size(1)
-        cos, sin = self.cos[start : start + T, None, :], self.sin[start : start + T, None, :]  # (T, 1, hs/2)
-        rotation = torch.complex(cos.float(), sin.float())  # e^(j * angle)
+        T, hs = x.size(1), self.head_size
+        theta = self.base ** (-torch.arange(0, hs, 2, dtype=torch.float32, device=x.device) / hs)  # (hs/2,)
+        positions = torch.arange(start, start + T, dtype=torch.float32, device=x.device)  # (T,)
+        angles = torch.outer(positions, theta)[:, None, :]  # (T, 1, hs/2), broadcast over heads
+        rotation = torch.polar(torch.ones_like(angles), angles)  # e^(j * angle)
         pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, T, H, hs/2), complex
         return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)  # (B, T, H, hs)
 
@@ -101,7 +118,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # queries, keys, values in one matmul
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
-        self.rotary = Rotary(head_size, cfg.block_size, cfg.rope_base) if cfg.position == "rope" else None
+        self.rotary = Rotary(head_size, cfg.rope_base) if cfg.position == "rope" else None
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
@@ -218,7 +235,8 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
-        if start + T > self.cfg.block_size:
+        rolling = cache is not None and cache.rolling
+        if start + T > self.cfg.block_size and not rolling:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.cfg.block_size}")
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
@@ -236,8 +254,11 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T), ignore_index=-1)
         return logits, loss
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.cfg.n_layer, self.cfg.block_size)
+    def new_cache(self, rolling: bool = False) -> KVCache:
+        """An empty key/value cache; ``rolling`` (rotary positions only) decodes on past block_size."""
+        if rolling and self.cfg.position != "rope":
+            raise ValueError("a rolling cache needs rotary positions (model.position=rope)")
+        return KVCache(self.cfg.n_layer, self.cfg.block_size, rolling)
 
 
 class BigramLanguageModel(nn.Module):
@@ -260,8 +281,8 @@ class BigramLanguageModel(nn.Module):
             loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T), ignore_index=-1)
         return logits, loss
 
-    def new_cache(self) -> KVCache:
-        return KVCache(0, self.cfg.block_size)
+    def new_cache(self, rolling: bool = False) -> KVCache:
+        return KVCache(0, self.cfg.block_size, rolling)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

@@ -7,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from gpt.config import ModelConfig
+from gpt.errors import UserError
 from gpt.generate import generate_tokens
 from gpt.model import GPT, Rotary, num_params
 
@@ -93,7 +94,7 @@ def test_all_features_keep_attention_causal_and_train():
 
 def test_rotary_scores_depend_only_on_relative_position():
     torch.manual_seed(0)
-    rope = Rotary(head_size=8, max_len=32, base=10000.0)
+    rope = Rotary(head_size=8, base=10000.0)
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)  # (B, T, H, hs)
 
     def score(m: int, n: int) -> torch.Tensor:
@@ -218,3 +219,44 @@ def test_explicit_attention_computes_what_the_fused_kernel_computes(dropout):
     if dropout:  # in training, dropout acts on the attention weights: outputs vary from call to call
         explicit.train()
         assert not torch.allclose(explicit(idx)[0], explicit(idx)[0])
+
+
+def greedy(model: GPT, prompt: torch.Tensor, n: int, **kw) -> torch.Tensor:
+    return torch.stack(list(generate_tokens(model, prompt, n, temperature=0.0, **kw)), dim=1)  # (B, n)
+
+
+def test_rolling_cache_is_exact_for_one_rotary_layer():
+    # One layer: a cached key depends on its own token only, and rotary scores on distances only, so
+    # the rolling cache gives what re-encoding the cropped window at every step gives.
+    torch.manual_seed(0)
+    model = randomise(GPT(tiny(position="rope", n_layer=1))).eval()
+    prompt = torch.randint(0, 65, (3, 5))
+    n = 40  # far past block_size 16
+    rolling = greedy(model, prompt, n, context_mode="rolling")
+    exact = greedy(model, prompt, n, context_mode="exact", use_cache=False)
+    assert torch.equal(rolling, exact)
+
+
+def test_rolling_cache_decodes_past_the_context_in_cached_steps():
+    torch.manual_seed(0)
+    model = randomise(GPT(tiny(position="rope", n_layer=2))).eval()
+    prompt = torch.randint(0, 65, (2, 20))  # longer than the context: cropped to the last 16
+    within = greedy(model, prompt[:, -10:], 6, context_mode="rolling")  # inside the context: as exact
+    assert torch.equal(within, greedy(model, prompt[:, -10:], 6, context_mode="exact"))
+    calls = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(args[0].size(1)), with_kwargs=True)
+    tokens = greedy(model, prompt, 30)  # 'auto' is rolling for a rotary model
+    assert tokens.shape == (2, 30) and tokens.max() < 65
+    assert calls == [16] + [1] * 29  # the prompt once, then one position per step: the cache is never re-filled
+    with pytest.raises(UserError, match="needs a model with rotary positions"):
+        greedy(GPT(tiny()).eval(), prompt, 3, context_mode="rolling")
+
+
+def test_rotary_model_in_bfloat16_matches_float32():
+    # The rotation angles are computed at each call, so casting the model cannot round them.
+    torch.manual_seed(0)
+    model = randomise(GPT(tiny(position="rope"))).eval()
+    idx = torch.randint(0, 65, (2, 16))
+    want = model(idx)[0]
+    got = model.to(torch.bfloat16)(idx)[0].float()
+    assert (got - want).abs().max() < 0.05 * want.abs().max()

@@ -176,8 +176,8 @@ class ScriptedModel(torch.nn.Module):
         self.dummy = torch.nn.Parameter(torch.zeros(()))
         self.prompt_len = None
 
-    def new_cache(self) -> KVCache:
-        return KVCache(0, self.cfg.block_size)
+    def new_cache(self, rolling: bool = False) -> KVCache:
+        return KVCache(0, self.cfg.block_size, rolling)
 
     def forward(self, idx, targets=None, cache=None):
         B, T = idx.shape
@@ -207,7 +207,7 @@ def test_each_sample_stops_at_end_of_text():
 def test_bad_options_are_one_clear_error():
     model = sharp_model()
     bad = [({"top_p": 0.0}, "top_p"), ({"temperature": -1.0}, "temperature"),
-           ({"context_mode": "rolling"}, "context_mode"), ({"num_samples": 0}, "num_samples")]  # fmt: skip
+           ({"context_mode": "sliding"}, "context_mode"), ({"num_samples": 0}, "num_samples")]  # fmt: skip
     for kw, message in bad:
         with pytest.raises(UserError, match=message):
             next(sample_ids(model, [1, 2], 5, **kw))

@@ -68,9 +68,13 @@ def gpt2_data(tmp_path_factory, shakespeare) -> Path:
 # Ours -> transformers
 
 
-@pytest.mark.parametrize("gelu, bias", [("exact", True), ("tanh", True), ("exact", False)])
-def test_exported_gpt2_computes_our_logits(gelu, bias):
-    cfg = ModelConfig(n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=70, gelu=gelu, bias=bias)
+@pytest.mark.parametrize(
+    "gelu, bias, pad", [("exact", True, 1), ("tanh", True, 1), ("exact", False, 1), ("exact", True, 64)]
+)
+def test_exported_gpt2_computes_our_logits(gelu, bias, pad):
+    cfg = ModelConfig(
+        n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=70, gelu=gelu, bias=bias, pad_vocab_to=pad
+    )
     torch.manual_seed(0)
     ours = perturb(build_model(cfg))
     theirs = hf.to_hf(ours)
@@ -78,7 +82,8 @@ def test_exported_gpt2_computes_our_logits(gelu, bias):
     with torch.no_grad():
         expected, _ = ours(ids)
         got = theirs(ids).logits
-    assert (expected - got).abs().max().item() < 1e-5
+    assert got.shape[-1] == 70  # padding rows (model.pad_vocab_to) are not exported
+    assert (expected[..., :70] - got).abs().max().item() < 1e-5
     assert theirs.config.activation_function == {"exact": "gelu", "tanh": "gelu_new"}[gelu]
 
 
@@ -120,6 +125,13 @@ def test_character_model_exports_its_vocabulary_beside_the_gpt2(tmp_path):
     assert json.loads((out / "gpt_tokenizer.json").read_text())["chars"] == tokenizer.chars
     assert not (out / "vocab.json").exists()
     assert GPT2LMHeadModel.from_pretrained(str(out), local_files_only=True).config.vocab_size == 10
+
+
+@pytest.mark.parametrize("part", [{"position": "rope"}, {"norm": "rmsnorm"}, {"mlp": "relu2"}, {"tie_head": False}])
+def test_a_model_with_parts_gpt2_lacks_is_refused(part):
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20, **part))
+    with pytest.raises(UserError, match=f"model.{next(iter(part))}=.*cannot be exported"):
+        hf.to_hf(model)
 
 
 def test_bigram_model_is_refused(tmp_path):
