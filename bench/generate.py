@@ -3,13 +3,15 @@
     flock -x /tmp/cpu.lock python bench/generate.py --group inside     # 250 new tokens, cache vs none
     flock -x /tmp/cpu.lock python bench/generate.py --group past       # 500 new tokens: exact, fast, none
     flock -x /tmp/cpu.lock python bench/generate.py --group prefill    # time to first token, long prompt
+    flock -x /tmp/cpu.lock python bench/generate.py --group rotary     # the same shape with rotary positions
     python bench/generate.py --help
 
 The model has the shape of configs/shakespeare_char.yaml (6 layers, 6 heads, 384 wide, context 256,
 vocabulary 65) with randomly initialised weights: speed and memory depend on the shape, not on the
-values. It is written as a portable export and loaded the way sample.py loads it. Each case runs in
-a fresh process, 10 samples as one batch, temperature 0.8, prompt "\\n" (one token; "prefill" uses a
-255-token prompt). Cases of a group run interleaved, --repeats times; the table shows medians.
+values ("rotary": the same shape with model.position=rope). It is written as a portable export and
+loaded the way sample.py loads it. Each case runs in a fresh process, 10 samples as one batch,
+temperature 0.8, prompt "\\n" (one token; "prefill" uses a 255-token prompt).
+Cases of a group run interleaved, --repeats times; the table shows medians.
 
 Columns: new tokens/s (10 x new tokens / generation time), the generation time, time to first token
 from the call (prompt encoding, the prompt's forward pass, the first draw) and from the process
@@ -30,19 +32,23 @@ import tempfile
 import time
 from pathlib import Path
 
-CASES = {  # name -> (new tokens, use the cache, past-context mode, prompt length)
-    "no cache, 250": (250, False, "exact", 1),
-    "cache, 250": (250, True, "exact", 1),
-    "no cache, 500": (500, False, "exact", 1),
-    "cache exact, 500": (500, True, "exact", 1),
-    "cache fast, 500": (500, True, "fast", 1),
-    "no cache, 255-token prompt": (1, False, "exact", 255),
-    "cache, 255-token prompt": (1, True, "exact", 255),
+CASES = {  # name -> (new tokens, use the cache, past-context mode, prompt length, positions)
+    "no cache, 250": (250, False, "exact", 1, "learned"),
+    "cache, 250": (250, True, "exact", 1, "learned"),
+    "no cache, 500": (500, False, "exact", 1, "learned"),
+    "cache exact, 500": (500, True, "exact", 1, "learned"),
+    "cache fast, 500": (500, True, "fast", 1, "learned"),
+    "no cache, 255-token prompt": (1, False, "exact", 255, "learned"),
+    "cache, 255-token prompt": (1, True, "exact", 255, "learned"),
+    "rotary: no cache, 500": (500, False, "exact", 1, "rope"),
+    "rotary: cache exact, 500": (500, True, "exact", 1, "rope"),
+    "rotary: cache rolling, 500": (500, True, "rolling", 1, "rope"),
 }
 GROUPS = {
     "inside": ["no cache, 250", "cache, 250"],
     "past": ["no cache, 500", "cache exact, 500", "cache fast, 500"],
     "prefill": ["no cache, 255-token prompt", "cache, 255-token prompt"],
+    "rotary": ["rotary: no cache, 500", "rotary: cache exact, 500", "rotary: cache rolling, 500"],
 }
 NUM_SAMPLES = 10
 
@@ -58,7 +64,7 @@ def worker(case: str, export: str, started: float) -> None:
 
     from gpt.generate import load, sample_ids
 
-    new_tokens, use_cache, mode, prompt_len = CASES[case]
+    new_tokens, use_cache, mode, prompt_len, _ = CASES[case]
     model, tokenizer, _ = load(export, device="cpu", dtype="float32")
     text = (Path(__file__).resolve().parent.parent / "gpt/assets/tinyshakespeare.txt").read_text()
     prompt = tokenizer.encode(text[:prompt_len])
@@ -89,7 +95,7 @@ def worker(case: str, export: str, started: float) -> None:
     print(json.dumps(record), flush=True)
 
 
-def make_export(folder: Path) -> Path:
+def make_export(folder: Path, position: str) -> Path:
     import torch
 
     from gpt.checkpoint import save_weights, write_export
@@ -99,7 +105,8 @@ def make_export(folder: Path) -> Path:
 
     tokenizer = CharTokenizer.from_text((ASSETS / "tinyshakespeare.txt").read_text(encoding="utf-8"))
     cfg = load_config(["shakespeare_char"]).model
-    cfg.vocab_size = tokenizer.vocab_size
+    cfg.vocab_size, cfg.position = tokenizer.vocab_size, position
+    folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = build_model(cfg)
     save_weights(model.state_dict(), folder / "weights.safetensors")
@@ -107,7 +114,8 @@ def make_export(folder: Path) -> Path:
     return folder / "model"
 
 
-def run_case(case: str, export: Path) -> dict:
+def run_case(case: str, exports: dict[str, Path]) -> dict:
+    export = exports[CASES[case][4]]
     started = time.time()
     cmd = [sys.executable, __file__, "--worker", case, "--export", str(export), "--started", repr(started)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -129,10 +137,11 @@ def main() -> None:
     cases = GROUPS[args.group]
     runs: dict[str, list[dict]] = {c: [] for c in cases}
     with tempfile.TemporaryDirectory() as tmp:
-        export = make_export(Path(tmp))
+        positions = {CASES[c][4] for c in cases}
+        exports = {p: make_export(Path(tmp) / p, p) for p in positions}
         for _ in range(args.repeats):
             for case in cases:  # interleaved, so slow drift of the machine hits every case alike
-                runs[case].append(run_case(case, export))
+                runs[case].append(run_case(case, exports))
 
     print(f"{args.group}: {NUM_SAMPLES} samples as one batch, median of {args.repeats} runs each, "
           f"{runs[cases[0]][0]['threads']} torch threads")  # fmt: skip
@@ -145,7 +154,7 @@ def main() -> None:
             f"| {c} | {m['tokens_per_s']:,.0f} | {m['seconds']:.2f} | {m['ttft_ms']:.1f} | "
             f"{m['ttft_from_start_s']:.2f} | {m['rss_before_mib']:.0f} | {m['peak_rss_mib']:.0f} |"
         )
-    baseline = next(c for c in cases if c.startswith("no cache"))
+    baseline = next(c for c in cases if "no cache" in c)
     for c in cases:
         if c != baseline:
             speed = med[c]["tokens_per_s"] / med[baseline]["tokens_per_s"]

@@ -7,7 +7,8 @@
 
 Each run is ``python train.py speedrun_cpu ...`` in a fresh process with W&B off; the wall clock is
 taken around the whole process (interpreter start-up, imports, data, model, training, final
-evaluation, checkpoint), and the val loss is the final evaluation's. Records are appended to
+evaluation, checkpoint), and the val loss is the final full pass over the val split (gpt.evaluate);
+the train loss is the windowed estimate at the last step. Records are appended to
 docs/speedrun_cpu.jsonl.
 """
 
@@ -51,13 +52,14 @@ def train_once(preset: str, overrides: list[str], label: str) -> dict:
             raise RuntimeError(f"{' '.join(cmd + overrides)} failed:\n{r.stderr[-3000:]}")
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     last_eval = [row for row in rows if "eval/val/loss" in row][-1]
+    final = [row for row in rows if "final/val/loss" in row][-1]  # the full pass over the val split
     speeds = [row["step_ms"] for row in rows if "step_ms" in row]
     record = {
         "label": label,
         "preset": preset,
         "overrides": overrides,
         "wall_s": round(wall, 2),
-        "val_loss": round(last_eval["eval/val/loss"], 4),
+        "val_loss": round(final["final/val/loss"], 4),
         "train_loss": round(last_eval["eval/train/loss"], 4),
         "steps": last_eval["step"],
         "tokens": last_eval["tokens"],

@@ -85,6 +85,11 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if t.optimizer == "adamw":
         return make_adamw([p for _, p in named], t, device)
+    if not hasattr(torch.optim, "Muon"):
+        raise UserError(
+            f"train.optimizer=muon needs torch.optim.Muon (torch 2.9 or newer); this is torch {torch.__version__}: "
+            "upgrade torch or use train.optimizer=adamw"
+        )
     matrices = [p for n, p in named if is_hidden_matrix(n, p)]
     others = [p for n, p in named if not is_hidden_matrix(n, p)]
     if not matrices:

@@ -209,6 +209,9 @@ def setup(cfg: Config) -> Run:
             "mixed precision fp16 (from train.mixed_precision or the launch) needs a CUDA GPU; on CPU use bf16 or no"
         )
     fsdp.check_fsdp_runs(accelerator)
+    if accelerator.distributed_type == DistributedType.FSDP and t.optimizer == "muon":
+        # Muon orthogonalises whole matrices; FSDP hands each process a shard of every matrix
+        raise UserError("train.optimizer=muon does not work with FSDP (sharded matrices); use adamw or DDP")
     perf.set_matmul_precision(t.matmul_precision, device)  # 'auto': TF32 tensor cores on CUDA, full fp32 on CPU
     if device.type == "cuda":
         torch.backends.cudnn.allow_tf32 = True

@@ -16,7 +16,7 @@ from gpt.model import GPT
 from gpt.optim import MuonWithAdamW, build_optimizer, set_lr
 from gpt.trainer import lr_at
 
-from conftest import ROOT, TINY, env, run_script
+from conftest import ROOT, TINY, accelerate_launch, env, free_port, run_script
 
 HELPER = "tests/helpers/train_and_fingerprint.py"
 
@@ -111,6 +111,12 @@ def test_muon_state_round_trips_through_its_state_dict():
         opt.load_state_dict(torch.optim.AdamW(model.parameters()).state_dict())
 
 
+def test_muon_needs_a_torch_that_has_it(monkeypatch):
+    monkeypatch.delattr(torch.optim, "Muon")
+    with pytest.raises(UserError, match="needs torch.optim.Muon"):
+        build_optimizer(GPT(tiny()), TrainConfig(optimizer="muon"), torch.device("cpu"))
+
+
 def test_muon_needs_weight_matrices():
     with pytest.raises(UserError, match="needs a model with weight matrices"):
         build_optimizer(GPT(tiny()).wte, TrainConfig(optimizer="muon"), torch.device("cpu"))
@@ -192,6 +198,23 @@ def test_bench_times_the_trainer_and_the_plain_loop_on_the_same_work(tmp_path, d
     assert result["ratio_trainer_to_bare"] == pytest.approx(trainer["step_ms_median"] / bare["step_ms_median"], 1e-3)
     assert "trainer / bare median step time" in r.stdout
     assert not (tmp_path / "out").exists()  # a benchmark writes no run directory
+
+
+def test_bench_times_a_multi_process_launch(tmp_path, data_root):
+    # What the 8-GPU command does, on 2 CPU processes over gloo: one record, for the whole launch.
+    args = [*TINY, f"data.root={data_root}", "data.dataset=tiny", "train.micro_batch_size=4"]
+    args += ["--steps", "3", "--warmup", "1", "--peak_tflops", "1"]
+    r = accelerate_launch(
+        "--config_file", str(ROOT / "launch" / "cpu_multiprocess.yaml"), "--num_processes", "2",
+        "--main_process_port", str(free_port()), "-m", "gpt.bench", *args, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(records) == 1  # printed by the main process only
+    rec = records[0]
+    assert rec["processes"] == 2 and rec["mode"] == "trainer"
+    assert rec["tokens_per_s"] == pytest.approx(8 * 32 / (rec["step_ms_median"] / 1000), rel=1e-3)  # global batch
+    assert rec["mfu"] == pytest.approx(rec["flops_per_token"] * rec["tokens_per_s"] / 2e12, rel=1e-2)  # 2 devices
 
 
 def test_bench_help_and_bad_input(tmp_path):
