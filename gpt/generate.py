@@ -6,8 +6,8 @@ From a notebook::
     model, tokenizer, _ = load("out/default")               # CUDA in bf16 when available, else CPU
     print(generate_text(model, tokenizer, "ROMEO:", max_new_tokens=200)[0])
 
-Past the context length. The model has learned absolute positions, so a window that slides by one
-token shifts every position and invalidates every cached key and value. Two ways are offered:
+Past the context length. With learned absolute positions a window that slides by one token shifts
+every position and invalidates every cached key and value. Three ways are offered:
 
 - ``exact``: at every step past the context, re-fill the cache from the last ``block_size`` tokens.
   The tokens are those of decoding without a cache, and each step costs a full forward pass.
@@ -147,8 +147,9 @@ def generate_tokens(
     ``context`` is the window of tokens the model conditions on. When a new token would make it
     longer than block_size, 'exact' drops its oldest token (so this happens at every step from then
     on) and 'fast' drops its oldest half (once per half window); either way the cache is then
-    re-filled from the window (see the module doc).
-    Without a cache every step runs the model on the whole window, which gives the same tokens.
+    re-filled from the window. 'rolling' never re-fills: the new token replaces the oldest in the
+    cache (see the module doc). Without a cache every step runs the model on the whole window, which
+    gives the tokens of 'exact'.
     """
     block_size = model.cfg.block_size
     context_mode = resolve_context_mode(model, context_mode)

@@ -60,10 +60,6 @@ class KVCache:
         self.values[layer][:, :, slot] = v[:, :, 0]
         return self.keys[layer], self.values[layer]
 
-    @property
-    def full(self) -> bool:
-        return self.pos >= self.max_len
-
     def advance(self, n: int) -> None:
         """Mark n more positions as filled (called once per forward pass, after all layers)."""
         self.pos += n
@@ -80,28 +76,25 @@ def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
     return nn.LayerNorm(dim, bias=cfg.bias)
 
 
-class Rotary(nn.Module):
-    """Rotary position embedding (RoPE): rotate pairs of query/key channels by angles that grow with
-    the position, so that q . k depends on how far apart two tokens are, not on where they are.
+def rope_rotation(head_size: int, base: float, start: int, T: int, device: torch.device) -> torch.Tensor:
+    """Rotary position embedding (RoPE): the rotations e^(j * position * theta_i) for positions
+    start .. start+T-1, (T, 1, hs/2) complex, broadcast over heads.
 
-    Channels (2i, 2i+1) are read as one complex number and multiplied by e^(j * position * theta_i):
-    one complex multiplication instead of a handful of elementwise operations.
+    Channels (2i, 2i+1) of a query or key are read as one complex number and multiplied by its
+    rotation, so that q . k depends on how far apart two tokens are, not on where they are. Computed
+    once per forward pass from the config (a few hundred numbers): no buffer that
+    model.to(torch.bfloat16) could round.
     """
+    theta = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32, device=device) / head_size)  # (hs/2,)
+    positions = torch.arange(start, start + T, dtype=torch.float32, device=device)  # (T,)
+    angles = torch.outer(positions, theta)[:, None, :]  # (T, 1, hs/2)
+    return torch.polar(torch.ones_like(angles), angles)
 
-    def __init__(self, head_size: int, base: float):
-        super().__init__()
-        self.head_size, self.base = head_size, base  # the angles are computed from these at every call:
-        # a few hundred numbers, and no buffer that model.to(torch.bfloat16) could round
 
-    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """x: (B, T, H, hs), H vectors per position, at positions start .. start+T-1 -> rotated, same shape."""
-        T, hs = x.size(1), self.head_size
-        theta = self.base ** (-torch.arange(0, hs, 2, dtype=torch.float32, device=x.device) / hs)  # (hs/2,)
-        positions = torch.arange(start, start + T, dtype=torch.float32, device=x.device)  # (T,)
-        angles = torch.outer(positions, theta)[:, None, :]  # (T, 1, hs/2), broadcast over heads
-        rotation = torch.polar(torch.ones_like(angles), angles)  # e^(j * angle)
-        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, T, H, hs/2), complex
-        return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)  # (B, T, H, hs)
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, H, hs), H vectors per position, rotated by ``rope_rotation``'s (T, 1, hs/2) -> same shape."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, T, H, hs/2), complex
+    return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)  # (B, T, H, hs)
 
 
 class CausalSelfAttention(nn.Module):
@@ -114,13 +107,14 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.qk_norm = cfg.qk_norm
         self.explicit = cfg.attention == "explicit"
-        head_size = cfg.n_embd // cfg.n_head
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # queries, keys, values in one matmul
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
-        self.rotary = Rotary(head_size, cfg.rope_base) if cfg.position == "rope" else None
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, rotation: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (B, T, C); rotation: the rotary positions of these T tokens (rope_rotation), or None."""
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         qkv = self.qkv(x).view(B, T, 3 * nh, hs)  # every head's query, key and value: (B, T, 3nh, hs)
@@ -128,8 +122,8 @@ class CausalSelfAttention(nn.Module):
         if self.qk_norm:
             qk = F.rms_norm(qk, (hs,))  # every query and key vector to unit RMS: bounded attention logits
         past = cache.pos if cache is not None else 0  # the new tokens sit at positions past .. past+T-1
-        if self.rotary is not None:
-            qk = self.rotary(qk, past)  # queries and keys in one go; keys enter the cache already rotated
+        if rotation is not None:
+            qk = apply_rope(qk, rotation)  # queries and keys in one go; keys enter the cache already rotated
         q, k = qk.split(nh, dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs) each
         if cache is not None:
@@ -185,8 +179,10 @@ class Block(nn.Module):
         self.ln_2 = make_norm(cfg, cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache)  # residual connections around both sub-layers
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, rotation: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, rotation)  # residual connections around both sub-layers
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -242,8 +238,11 @@ class GPT(nn.Module):
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # + (T, C), broadcast over B
         x = self.drop(x)
+        rotation = None  # rotary positions: the same rotations for every layer, computed once
+        if self.cfg.position == "rope":
+            rotation = rope_rotation(self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base, start, T, idx.device)
         for block in self.blocks:
-            x = block(x, cache)  # (B, T, C)
+            x = block(x, cache, rotation)  # (B, T, C)
         if cache is not None:
             cache.advance(T)
         x = self.ln_f(x)

@@ -80,8 +80,8 @@ def peak_memory_bytes(device: torch.device) -> int | None:
     return peak_rss_bytes()
 
 
-def set_matmul_precision(setting: str, device: torch.device) -> str:
-    """Apply train.matmul_precision for this process; returns the precision in effect."""
-    precision = setting if setting != "auto" else ("high" if device.type == "cuda" else "highest")
-    torch.set_float32_matmul_precision(precision)
-    return precision
+def set_matmul_precision(setting: str, device: torch.device) -> None:
+    """Apply train.matmul_precision for this process ('auto': TF32 on CUDA, full fp32 elsewhere)."""
+    torch.set_float32_matmul_precision(
+        setting if setting != "auto" else ("high" if device.type == "cuda" else "highest")
+    )
