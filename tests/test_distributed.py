@@ -107,6 +107,21 @@ def launch_in_background(*args: str, log: Path, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
+def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[int | None]:
+    """Wait for every process; once one fails, end the others (a machine whose peer died would wait
+    for it at the rendezvous until its own timeout) so the test reports the failure at once."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        if any(p.poll() not in (None, 0) for p in procs):
+            break
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return [p.returncode for p in procs]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["multi_node_static.yaml", "multi_node_c10d.yaml"])
 def test_two_machines_on_loopback_train_the_same_model(config, one_process, data_root, tmp_path):
@@ -121,7 +136,7 @@ def test_two_machines_on_loopback_train_the_same_model(config, one_process, data
         ]  # fmt: skip
 
     launchers = [launch_in_background(*machine(r), log=tmp_path / f"machine-{r}.log", cwd=tmp_path) for r in (0, 1)]
-    codes = [p.wait(timeout=300) for p in launchers]
+    codes = wait_all(launchers, timeout=300)
     logs = [(tmp_path / f"machine-{rank}.log").read_text() for rank in (0, 1)]
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "2 process(es)" in logs[0] and "x 2 accumulation steps" in logs[0]
