@@ -104,7 +104,9 @@ def test_processes_times_accumulation_trains_the_same_model(processes, one_proce
 
 def launch_in_background(*args: str, log: Path, cwd: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *args]
-    return subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env(), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[int | None]:
@@ -117,7 +119,7 @@ def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[int | None]:
         time.sleep(0.2)
     for p in procs:
         if p.poll() is None:
-            p.kill()
+            os.killpg(p.pid, signal.SIGKILL)  # the launcher and the training processes it started
             p.wait()
     return [p.returncode for p in procs]
 
