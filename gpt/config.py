@@ -155,6 +155,15 @@ class TrainConfig:
         "0 disables. Skipped under FSDP, where a forward pass needs every process.",
     )
     eval_sample_tokens: int = doc(100, "Length of each evaluation sample, in tokens.")
+    eval_tasks: list[str] = doc(
+        [],
+        "Benchmarks scored at every evaluation and logged as eval/<task>/acc and eval/<task>/acc_norm: "
+        "'hellaswag' (the hub's Rowan/hellaswag validation split, through datasets) or 'hellaswag=FILE' "
+        "(a local jsonl in the release format). See gpt.hellaswag.",
+    )
+    eval_task_limit: int = doc(
+        1000, "Items of each eval_tasks benchmark scored at each evaluation (the first N); 0: every item."
+    )
     checkpoint_interval: int = doc(1000, "Save a resumable checkpoint every this many steps (and at the end).")
     keep_last: int = doc(2, "Number of most recent checkpoints to keep; older ones are deleted.")
     keep_best: bool = doc(
@@ -255,7 +264,8 @@ class EvalConfig:
     data: str = doc(
         "",
         "Dataset folder holding <split>.tok (or <split>-*.tok shards); empty: the dataset the run was trained "
-        "on, as named in its checkpoint (data.root/data.dataset, relative to the current directory).",
+        "on, as named in its checkpoint (data.root/data.dataset, relative to the current directory). With "
+        "--task: the task's local jsonl.",
     )
     split: str = doc("val", "Split to evaluate: 'val', 'train', or any <split> with token files in the folder.")
     batch_size: int = doc(8, "Windows of block_size tokens per forward pass, per process.")
@@ -264,9 +274,21 @@ class EvalConfig:
     )
     json: str = doc(
         "",
-        "Where to write the results as JSON; empty: eval-<split>.json in the run directory (in the model folder "
-        "when it is not part of a run).",
+        "Where to write the results as JSON; empty: eval-<split>.json (hellaswag.json, lm_eval.json) in the run "
+        "directory (in the model folder when it is not part of a run).",
     )
+    task: str = doc(
+        "",
+        "Score a benchmark instead of the loss pass: 'hellaswag' (acc and acc_norm over the validation items; "
+        "--data FILE.jsonl for a local copy in the release format, else the hub's Rowan/hellaswag).",
+    )
+    limit: int = doc(0, "With --task or --lm_eval: score only the first N items of each task; 0: every item.")
+    lm_eval: str = doc(
+        "",
+        "Run lm-evaluation-harness tasks on the model (comma-separated names, e.g. hellaswag,lambada_openai; "
+        "needs the eval extra) and print and save lm_eval's results.",
+    )
+    include_path: str = doc("", "With --lm_eval: a folder of extra task YAML files for lm_eval to find.")
 
 
 # ----------------------------------------------------------------------------------------------

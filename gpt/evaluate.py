@@ -5,6 +5,8 @@
     python -m gpt.evaluate --out_dir path/to/model --data data/my_corpus
     accelerate launch --config_file launch/cpu_multiprocess.yaml -m gpt.evaluate --out_dir out/default
     accelerate launch --multi_gpu --num_processes 8 -m gpt.evaluate --out_dir out/big --mixed_precision bf16
+    python -m gpt.evaluate --out_dir out/default --task hellaswag --data hellaswag_val.jsonl   # gpt.hellaswag
+    python -m gpt.evaluate --out_dir out/default --lm_eval lambada_openai --limit 100        # gpt.lm_eval_model
     python -m gpt.evaluate --help
 
 Prints a table and writes the same figures as JSON (eval-<split>.json in the run directory).
@@ -232,8 +234,19 @@ def main(argv: list[str]) -> int:
     if cfg.mixed_precision == "fp16" and accelerator.device.type != "cuda":
         raise UserError("--mixed_precision fp16 needs a CUDA GPU; on CPU use bf16 or no")
 
+    if cfg.lm_eval:  # lm-evaluation-harness drives the model itself
+        from gpt.lm_eval_model import run_lm_eval
+
+        return run_lm_eval(cfg, run_directory)
     export = ckpt.resolve_export(cfg.out_dir)
     model, tokenizer, meta = ckpt.load_exported(export)
+    if cfg.task:
+        from gpt.hellaswag import run_task
+
+        prepared = accelerator.prepare_model(model, evaluation_mode=True)
+        run_task(cfg, prepared, model.cfg, tokenizer, accelerator, export, meta, run_directory(export))
+        accelerator.end_training()
+        return 0
     folder = Path(cfg.data) if cfg.data else dataset_of(export, accelerator)
     files = split_files(folder, cfg.split)
     if not files:

@@ -35,6 +35,7 @@ from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
 from gpt.evaluate import final_evaluation
+from gpt.hellaswag import InLoopTasks
 from gpt.model import build_model, num_params
 from gpt.optim import build_optimizer, set_lr
 from gpt.prepare import ensure_dataset
@@ -516,6 +517,7 @@ def train(cfg: Config) -> TrainResult:
     wandb_id = init_tracking(run)
     tracking = Tracking(accelerator, cfg, model, run.tokenizer)  # memory, samples, loss.png, W&B extras
     metrics_log = MetricsLog(cfg.out_dir, accelerator.is_main_process)
+    tasks = InLoopTasks(t.eval_tasks, t.eval_task_limit, run.tokenizer) if t.eval_tasks else None  # read once
 
     step = run.start_step
     batches = batch_stream(run, step)
@@ -555,6 +557,10 @@ def train(cfg: Config) -> TrainResult:
                     )
             if evaluating:
                 record |= {f"eval/{k}": v for k, v in evaluate(run).items()}
+                if tasks is not None:  # four endings an item: items per pass ~ sequences of a micro batch
+                    items_per_pass = max(1, t.micro_batch_size // 4)
+                    record |= tasks.evaluate(model, cfg.model.block_size, run.model_cfg.vocab_size, items_per_pass,
+                                             accelerator)  # fmt: skip
             stopping = stop_requested(accelerator, stop, check=bool(record) or step % t.checkpoint_interval == 0)
             if record:
                 record |= {"step": step, "tokens": step * tokens_per_step}
