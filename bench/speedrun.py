@@ -1,6 +1,7 @@
 """The CPU speedrun: lowest val loss on Shakespeare characters in 150 s of wall clock, start-up included.
 
     flock -x /tmp/cpu.lock python bench/speedrun.py final --runs 3          # the preset, three times
+    flock -x /tmp/cpu.lock python bench/speedrun.py seeds --runs 5 --target 1.555   # seeds 1..5, with a t-test
     flock -x /tmp/cpu.lock python bench/speedrun.py ablate rope muon        # one run per feature switched off
     flock -x /tmp/cpu.lock python bench/speedrun.py nanogpt                 # nanoGPT's CPU recipe, for reference
     python bench/speedrun.py report                                          # Markdown tables of all runs
@@ -10,6 +11,10 @@ taken around the whole process (interpreter start-up, imports, data, model, trai
 evaluation, checkpoint), and the val loss is the final full pass over the val split (gpt.evaluate);
 the train loss is the windowed estimate at the last step. Records are appended to
 docs/speedrun_cpu.jsonl.
+
+A record holds over seeds or not at all: ``seeds`` trains the preset with seeds 1..N and reports the
+mean, standard deviation, min/max of the final val loss and the one-sided p-value (``gpt.stats``,
+a t-test) that the mean is below ``--target``; modded-nanogpt accepts a record at p < 0.01.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gpt.stats import one_sided_t_test  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "speedrun_cpu.jsonl"
@@ -41,7 +49,7 @@ ABLATIONS = {
 }
 
 
-def train_once(preset: str, overrides: list[str], label: str) -> dict:
+def train_once(preset: str, overrides: list[str], label: str, batch: str = "") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         cmd = [sys.executable, str(ROOT / "train.py"), preset, f"out_dir={out}", "resume=false", "wandb.mode=disabled"]
@@ -66,11 +74,21 @@ def train_once(preset: str, overrides: list[str], label: str) -> dict:
         "median_logged_step_ms": round(statistics.median(speeds), 1),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    if batch:  # runs of one `seeds` command
+        record["batch"] = batch
     RESULTS.parent.mkdir(exist_ok=True)
     with open(RESULTS, "a") as f:
         f.write(json.dumps(record) + "\n")
     print(json.dumps(record), flush=True)
     return record
+
+
+def run_name(record: dict) -> str:
+    if record["label"] in ("final", "nanogpt"):
+        return record["label"]
+    if record["label"] == "seeds":
+        return " ".join(record["overrides"])
+    return f"{record['label']}: {ABLATIONS[record['label']][1]}"
 
 
 def report() -> None:
@@ -86,11 +104,34 @@ def report() -> None:
     print("| run | val loss | train loss | steps | tokens | wall clock s | median ms/step |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in records:
-        name = r["label"] if r["label"] in ("final", "nanogpt") else f"{r['label']}: {ABLATIONS[r['label']][1]}"
+        name = run_name(r)
         print(
             f"| {name} | {r['val_loss']:.4f} | {r['train_loss']:.4f} | {r['steps']:,} | {r['tokens']:,} | "
             f"{r['wall_s']:.1f} | {r['median_logged_step_ms']:.1f} |"
         )
+
+
+def significance(records: list[dict], target: float) -> str:
+    """A Markdown table of the val losses of several seeds and their one-sided t-test against target."""
+    test = one_sided_t_test([r["val_loss"] for r in records], target)
+    seeds = ", ".join(f"{r['val_loss']:.4f}" for r in records)
+    return "\n".join([
+        "| seeds | val losses | mean | std | min | max | target | t | one-sided p |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| {test.n} | {seeds} | {test.mean:.4f} | {test.std:.4f} | {test.min:.4f} | {test.max:.4f} | "
+        f"{target} | {test.t:.2f} | {test.p_value:.2g} |",
+    ])  # fmt: skip
+
+
+def latest_batch(target: float) -> None:
+    records = [json.loads(line) for line in RESULTS.read_text().splitlines()]
+    batched = [r for r in records if r.get("batch")]
+    if not batched:
+        print("no `seeds` runs recorded yet")
+        return
+    last = [r for r in batched if r["batch"] == batched[-1]["batch"]]
+    print(f"seeds of {last[0]['preset']} {' '.join(last[0]['overrides'][1:])}, batch {last[0]['batch']}:")
+    print(significance(last, target))
 
 
 def main(argv: list[str]) -> int:
@@ -101,7 +142,12 @@ def main(argv: list[str]) -> int:
     p_ablate = sub.add_parser("ablate", help="one run per named feature, switched off")
     p_ablate.add_argument("features", nargs="+", choices=sorted(ABLATIONS))
     sub.add_parser("nanogpt", help="nanoGPT's CPU recipe (configs/nanogpt_cpu.yaml) through this trainer")
-    sub.add_parser("report", help="print the tables")
+    p_seeds = sub.add_parser("seeds", help="the preset with seeds 1..N, and a t-test of the mean val loss")
+    p_seeds.add_argument("--runs", type=int, default=5)
+    p_seeds.add_argument("--target", type=float, default=1.555, help="val loss the mean should be below")
+    p_seeds.add_argument("overrides", nargs="*", help="key=value overrides of the preset")
+    p_report = sub.add_parser("report", help="print the tables")
+    p_report.add_argument("--target", type=float, default=1.555, help="for the t-test of the latest seeds")
     args = parser.parse_args(argv)
     if args.command == "final":
         for _ in range(args.runs):
@@ -109,10 +155,18 @@ def main(argv: list[str]) -> int:
     elif args.command == "ablate":
         for feature in args.features:
             train_once("speedrun_cpu", ABLATIONS[feature][0], feature)
+    elif args.command == "seeds":
+        batch = time.strftime("%Y%m%d-%H%M%S")
+        runs = [
+            train_once("speedrun_cpu", [f"seed={seed}", *args.overrides], "seeds", batch)
+            for seed in range(1, args.runs + 1)
+        ]
+        print(significance(runs, args.target))
     elif args.command == "nanogpt":
         train_once("nanogpt_cpu", [], "nanogpt")
     else:
         report()
+        latest_batch(args.target)
     return 0
 
 
