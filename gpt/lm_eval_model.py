@@ -10,7 +10,7 @@ or from Python, with lm_eval's own evaluator::
     from gpt.lm_eval_model import GPTLM
     results = lm_eval.simple_evaluate(model=GPTLM("out/gpt2"), tasks=["hellaswag"])
 
-``GPTLM`` (registered with lm_eval as ``gpt``: ``lm_eval --model gpt --model_args out_dir=RUN``)
+``GPTLM`` (registered with lm_eval's model registry as ``gpt`` once this module is imported)
 answers lm_eval's three kinds of request:
 
 - ``loglikelihood``: the (context, continuation) pairs, tokenized by lm_eval's own rules

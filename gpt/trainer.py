@@ -623,6 +623,7 @@ def log(accelerator: Accelerator, progress, metrics_log: MetricsLog, record: dic
         ("train/loss", "loss {:.4f}"),
         ("eval/train/loss", "eval train {:.4f}"),
         ("eval/val/loss", "val {:.4f}"),
+        ("eval/hellaswag/acc_norm", "hellaswag {:.1%}"),
         ("lr", "lr {:.2e}"),
         ("grad_norm", "grad norm {:.2f}"),
         ("step_ms", "{:.1f} ms/step"),
