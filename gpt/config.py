@@ -112,8 +112,18 @@ class TrainConfig:
         "processes), derived at start-up.",
     )
     learning_rate: float = doc(3e-3, "Peak learning rate, reached at the end of warm-up.")
-    min_lr: float = doc(3e-4, "Learning rate at the end of the cosine decay.")
+    min_lr: float = doc(3e-4, "Learning rate at the end of the decay.")
     warmup_steps: int = doc(100, "Steps of linear warm-up from 0 to learning_rate.")
+    schedule: Literal["cosine", "wsd", "linear", "constant"] = doc(
+        "cosine",
+        "After warm-up: 'cosine' decay to min_lr at the end; 'linear' decay; 'constant' (no decay); 'wsd' "
+        "(warmup-stable-decay): hold learning_rate, then decay over the last decay_fraction of the run, so a "
+        "stable-phase checkpoint can be resumed with a larger max_steps and the decay moves (gpt.schedule).",
+    )
+    decay_fraction: float = doc(0.2, "wsd: share of the post-warm-up run (steps, or time budget) spent decaying.")
+    decay_shape: Literal["linear", "cosine", "sqrt"] = doc(
+        "linear", "wsd: shape of the decay to min_lr: 'linear', 'cosine' or 'sqrt' (1 - sqrt, a fast then slow drop)."
+    )
     weight_decay: float = doc(0.1, "AdamW weight decay, applied to matrices (not biases, norms or ...).")
     beta1: float = doc(0.9, "AdamW beta1.")
     beta2: float = doc(0.99, "AdamW beta2.")

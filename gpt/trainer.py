@@ -31,13 +31,14 @@ from torch.nn import functional as F
 from gpt import checkpoint as ckpt
 from gpt import fsdp, hf, perf
 from gpt.budget import TimeBudget
-from gpt.config import Config, ModelConfig, TrainConfig, to_dict
+from gpt.config import Config, ModelConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
 from gpt.evaluate import final_evaluation
 from gpt.model import build_model, num_params
 from gpt.optim import build_optimizer, set_lr
 from gpt.prepare import ensure_dataset
+from gpt.schedule import check_schedule, lr_at
 from gpt.tokenizer import Tokenizer, load_tokenizer
 from gpt.tracking import Tracking
 
@@ -57,20 +58,6 @@ def accumulation_steps(batch_size: int, micro_batch_size: int, world_size: int) 
             f"{world_size} processes = {per_pass}; choose a batch_size divisible by {per_pass} or another micro batch"
         )
     return batch_size // per_pass
-
-
-def lr_at(step: int, t: TrainConfig, progress: float | None = None) -> float:
-    """Linear warm-up to learning_rate, then cosine decay to min_lr at max_steps.
-
-    With ``progress`` (the share of a time budget spent, see gpt.budget) the decay follows it instead
-    of the step count, reaching min_lr when the budget is spent.
-    """
-    if step < t.warmup_steps:
-        return t.learning_rate * (step + 1) / t.warmup_steps
-    if progress is None:
-        progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
-    progress = min(1.0, progress)
-    return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.learning_rate - t.min_lr)
 
 
 def cpu_threads(requested: int, local_processes: int) -> int:
@@ -201,6 +188,7 @@ def setup(cfg: Config) -> Run:
     )
     if accelerator.num_processes != launched:
         raise UserError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}")
+    check_schedule(t)
     accum = accumulation_steps(t.batch_size, t.micro_batch_size, accelerator.num_processes)
     accelerator.gradient_accumulation_steps = accum  # derived: batch_size / (micro_batch_size * processes)
     device = accelerator.device
