@@ -128,6 +128,13 @@ class TrainConfig:
     beta1: float = doc(0.9, "AdamW beta1.")
     beta2: float = doc(0.99, "AdamW beta2.")
     grad_clip: float = doc(1.0, "Clip the global gradient norm to this value; 0 disables clipping.")
+    spike_loss_ratio: float = doc(
+        0.0,
+        "Spike guard: skip the update of a step whose loss is more than this many times the median of the last "
+        "spike_window accepted steps (e.g. 3); 0: off. Costs one synchronisation per step (gpt.spike).",
+    )
+    spike_grad_ratio: float = doc(0.0, "Spike guard: the same for the gradient norm before clipping (e.g. 10); 0: off.")
+    spike_window: int = doc(50, "Spike guard: accepted steps in the running median; the guard acts once it is full.")
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = doc(
         "auto",
         "Autocast precision through accelerate: 'no', 'bf16' (CPU and GPU) or 'fp16' (GPU only); 'auto' takes the "

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from gpt import checkpoint as ckpt
 from gpt import fsdp, hf, perf
 from gpt.budget import TimeBudget
-from gpt.config import Config, ModelConfig, to_dict
+from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
 from gpt.evaluate import final_evaluation
@@ -39,6 +39,7 @@ from gpt.model import build_model, num_params
 from gpt.optim import build_optimizer, set_lr
 from gpt.prepare import ensure_dataset
 from gpt.schedule import check_schedule, lr_at
+from gpt.spike import SpikeGuard
 from gpt.tokenizer import Tokenizer, load_tokenizer
 from gpt.tracking import Tracking
 
@@ -131,6 +132,7 @@ class Run:
     wandb_mode: str
     resumed_metrics: dict[str, float]  # the evaluation stored in the checkpoint resumed from
     elapsed_s: float  # wall-clock seconds spent by earlier attempts of this run (from the checkpoint)
+    guard: SpikeGuard | None  # train.spike_*: skips updates whose loss or gradient norm spikes
 
 
 def print0(accelerator: Accelerator, *args: Any) -> None:
@@ -247,7 +249,23 @@ def setup(cfg: Config) -> Run:
         wandb_mode=mode,
         resumed_metrics=resumed.get("metrics", {}),
         elapsed_s=float(resumed.get("elapsed_s", 0.0)),
+        guard=spike_guard(t, accelerator, resumed.get("spike_guard")),
     )
+
+
+def spike_guard(t: TrainConfig, accelerator: Accelerator, state: dict | None) -> SpikeGuard | None:
+    """The spike guard the config asks for (None when off), continuing a checkpoint's window and count."""
+    if t.spike_loss_ratio < 0 or t.spike_grad_ratio < 0 or t.spike_window < 1:
+        raise UserError(
+            f"the spike guard needs ratios >= 0 (0: off) and a window >= 1; got train.spike_loss_ratio="
+            f"{t.spike_loss_ratio}, train.spike_grad_ratio={t.spike_grad_ratio}, train.spike_window={t.spike_window}"
+        )
+    guard = SpikeGuard(t.spike_loss_ratio, t.spike_grad_ratio, t.spike_window, state)
+    if not guard.enabled:
+        return None
+    if accelerator.mixed_precision == "fp16":  # a skipped step would leave the gradient scaler mid-step
+        raise UserError("the spike guard (train.spike_*) does not work with fp16; use bf16, or turn the guard off")
+    return guard
 
 
 def register_weight_hooks(accelerator: Accelerator) -> None:
@@ -394,6 +412,7 @@ def save(run: Run, step: int, wandb_id: str | None, metrics: dict[str, float], e
             # the data position: step s of the sample stream is a function of (seed, s) alone
             "sample_stream": {"seed": cfg.seed, "next_step": step, "batch_size": cfg.train.batch_size},
             "elapsed_s": elapsed_s,  # wall clock spent so far, for train.time_budget_s
+            "spike_guard": run.guard.state() if run.guard else None,  # its window and skipped count
         }
         final = ckpt.finish_save(tmp, cfg.out_dir, step, state, cfg.train.keep_last, cfg.train.keep_best)
     accelerator.wait_for_everyone()
@@ -442,11 +461,14 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def train_step(run: Run, batches: BatchStream, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    run: Run, batches: BatchStream, lr: float, guard: SpikeGuard | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step at learning rate ``lr`` over the next global batch (run.accum micro-batches).
 
     Returns the sum of the micro-batch losses and the gradient norm before clipping as tensors:
-    reading them waits for the device, so the loop does it only at log steps.
+    reading them waits for the device, so the loop does it only at log steps. With a spike guard
+    (gpt.spike) they are read at every step, and a spike's update is dropped instead of applied.
     """
     accelerator, model, optimizer, t = run.accelerator, run.model, run.optimizer, run.cfg.train
     device = accelerator.device
@@ -458,12 +480,26 @@ def train_step(run: Run, batches: BatchStream, lr: float) -> tuple[torch.Tensor,
             _, loss = model(x, y)
             accelerator.backward(loss)
             step_loss += loss.detach()
+            apply = True
             if accelerator.sync_gradients:
                 max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-            optimizer.step()
+                if guard is not None:
+                    apply = not spike_skipped(run, guard, step_loss, grad_norm)
+            if apply:
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     return step_loss, grad_norm
+
+
+def spike_skipped(run: Run, guard: SpikeGuard, step_loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+    """Whether the guard drops this step's update; every process reads the same reduced values."""
+    accelerator = run.accelerator
+    loss = accelerator.reduce(step_loss / run.accum, reduction="mean").item()
+    reason = guard.spike(loss, float(grad_norm))
+    if reason:
+        print0(accelerator, f"skipped an update (spike guard): {reason}")
+    return reason is not None
 
 
 def batch_stream(run: Run, start_step: int) -> BatchStream:
@@ -516,7 +552,7 @@ def train(cfg: Config) -> TrainResult:
     try:
         while step < t.max_steps and not budget.spent:
             lr = lr_at(step, t, budget.fraction)
-            step_loss, grad_norm = train_step(run, batches, lr)
+            step_loss, grad_norm = train_step(run, batches, lr, run.guard)
             step += 1
             timer_steps += 1
             progress.update(1)
@@ -536,6 +572,8 @@ def train(cfg: Config) -> TrainResult:
                 if peak is not None:  # model FLOPs utilisation, against the peak of every device in the job
                     record["mfu"] = perf.mfu(model_flops, record["tokens_per_s"], accelerator.num_processes, peak)
                 record |= tracking.memory()
+                if run.guard is not None:
+                    record["skipped_steps"] = run.guard.skipped
                 if not math.isfinite(loss_mean):
                     raise UserError(
                         f"the loss became {loss_mean} at step {step}; lower train.learning_rate "
@@ -607,6 +645,7 @@ def log(accelerator: Accelerator, progress, metrics_log: MetricsLog, record: dic
         ("eval/val/loss", "val {:.4f}"),
         ("lr", "lr {:.2e}"),
         ("grad_norm", "grad norm {:.2f}"),
+        ("skipped_steps", "{} skipped"),
         ("step_ms", "{:.1f} ms/step"),
         ("tokens_per_s", "{:,.0f} tok/s"),
         ("mfu", "MFU {:.1%}"),
