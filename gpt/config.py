@@ -96,6 +96,11 @@ class DataConfig:
         "'shakespeare_char' and 'shakespeare_gpt2' are prepared from the bundled text when missing.",
     )
     root: str = doc("data", "Directory that holds prepared datasets.")
+    align: Literal["random", "document"] = doc(
+        "random",
+        "Where training windows start: 'random' (any token) or 'document' (the first token of a document: after "
+        "an end-of-text token or at the start of a shard; needs data prepared from several documents).",
+    )
 
 
 @dataclass

@@ -32,7 +32,7 @@ from gpt import checkpoint as ckpt
 from gpt import fsdp, hf, perf
 from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
-from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
+from gpt.data import BatchStream, DocumentStarts, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
 from gpt.evaluate import final_evaluation
 from gpt.model import build_model, num_params
@@ -133,6 +133,7 @@ class Run:
     resumed_metrics: dict[str, float]  # the evaluation stored in the checkpoint resumed from
     elapsed_s: float  # wall-clock seconds spent by earlier attempts of this run (from the checkpoint)
     guard: SpikeGuard | None  # train.spike_*: skips updates whose loss or gradient norm spikes
+    documents: DocumentStarts | None  # data.align=document: where the training split's documents begin
 
 
 def print0(accelerator: Accelerator, *args: Any) -> None:
@@ -250,7 +251,9 @@ def setup(cfg: Config) -> Run:
         resumed_metrics=resumed.get("metrics", {}),
         elapsed_s=float(resumed.get("elapsed_s", 0.0)),
         guard=spike_guard(t, accelerator, resumed.get("spike_guard")),
-    )
+        documents=DocumentStarts(train_data, tokenizer.eot_id, cfg.model.block_size) if cfg.data.align == "document"
+        else None,
+    )  # fmt: skip
 
 
 def spike_guard(t: TrainConfig, accelerator: Accelerator, state: dict | None) -> SpikeGuard | None:
@@ -508,7 +511,7 @@ def batch_stream(run: Run, start_step: int) -> BatchStream:
     return BatchStream(
         run.train_data, seed=cfg.seed, block_size=cfg.model.block_size, batch_size=cfg.train.batch_size,
         micro_batch_size=cfg.train.micro_batch_size, rank=accelerator.process_index, world=accelerator.num_processes,
-        start_step=start_step, pin_memory=accelerator.device.type == "cuda",
+        start_step=start_step, pin_memory=accelerator.device.type == "cuda", documents=run.documents,
     )  # fmt: skip
 
 
@@ -528,6 +531,8 @@ def train(cfg: Config) -> TrainResult:
         f"x {run.accum} accumulation steps ({tokens_per_step:,} tokens/step); "
         f"{num_params(accelerator.unwrap_model(model)):,} parameters",
     )
+    if run.documents is not None:
+        print0(accelerator, f"training windows start at documents: {len(run.documents):,} document starts")
     if run.start_step >= t.max_steps:
         print0(accelerator, f"{cfg.out_dir} is already trained to step {run.start_step} (train.max_steps is "
                             f"{t.max_steps}); raise train.max_steps to train further")  # fmt: skip
