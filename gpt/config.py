@@ -96,6 +96,12 @@ class DataConfig:
         "'shakespeare_char' and 'shakespeare_gpt2' are prepared from the bundled text when missing.",
     )
     root: str = doc("data", "Directory that holds prepared datasets.")
+    mixture: list[str] = doc(
+        [],
+        "Train on several datasets under root, each row of a batch drawn from one by weight: NAME:WEIGHT entries, "
+        "e.g. web:0.7,books:0.2,code:0.1 (weights are normalised; one tokenizer for all). Empty: dataset alone. "
+        "See gpt.mixture.",
+    )
     align: Literal["random", "document"] = doc(
         "random",
         "Where training windows start: 'random' (any token) or 'document' (the first token of a document: after "

@@ -313,8 +313,10 @@ class DocumentStarts:
 
     def step_starts(self, seed: int, step: int, batch_size: int) -> np.ndarray:
         """Start offsets of the global batch of optimizer step ``step``: documents drawn uniformly."""
-        rng = np.random.default_rng((seed, step))
-        return self.starts[rng.integers(0, len(self.starts), size=batch_size)].astype(np.int64)
+        return self.draw(np.random.default_rng((seed, step)), batch_size)
+
+    def draw(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        return self.starts[rng.integers(0, len(self.starts), size=count)].astype(np.int64)
 
 
 def eval_window_starts(seed: int, split: int, n_windows: int, num_tokens: int, block_size: int) -> np.ndarray:
@@ -351,6 +353,7 @@ class BatchStream:
         pin_memory: bool = False,
         prefetch: int = 4,
         documents: DocumentStarts | None = None,
+        mixture=None,
     ):
         self.stream = stream
         self.seed, self.block_size = seed, block_size
@@ -359,6 +362,7 @@ class BatchStream:
         self.accum = batch_size // (micro_batch_size * world)
         self.pin_memory = pin_memory
         self.documents = documents  # windows start at documents (data.align=document), else anywhere
+        self.mixture = mixture  # several datasets by weight (gpt.mixture.Mixture): rows read from each
         self.step = start_step
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
@@ -366,12 +370,19 @@ class BatchStream:
         self._thread.start()
 
     def micro_batch(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.documents is not None:
-            starts = self.documents.step_starts(self.seed, step, self.batch_size)
-        else:
-            starts = step_window_starts(self.seed, step, self.batch_size, len(self.stream), self.block_size)
         lo = (micro_step * self.world + self.rank) * self.micro
-        x, y = to_inputs_targets(self.stream.windows(starts[lo : lo + self.micro], self.block_size + 1))
+        if self.mixture is not None:
+            which, starts = self.mixture.step_rows(step, self.batch_size)
+            windows = self.mixture.windows(
+                which[lo : lo + self.micro], starts[lo : lo + self.micro], self.block_size + 1
+            )
+        else:
+            if self.documents is not None:
+                starts = self.documents.step_starts(self.seed, step, self.batch_size)
+            else:
+                starts = step_window_starts(self.seed, step, self.batch_size, len(self.stream), self.block_size)
+            windows = self.stream.windows(starts[lo : lo + self.micro], self.block_size + 1)
+        x, y = to_inputs_targets(windows)
         if self.pin_memory:
             x, y = x.pin_memory(), y.pin_memory()
         return x, y

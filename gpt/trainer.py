@@ -35,6 +35,7 @@ from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, DocumentStarts, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
 from gpt.evaluate import final_evaluation
+from gpt.mixture import Mixture, Source, describe_data, parse_mixture
 from gpt.model import build_model, num_params
 from gpt.optim import build_optimizer, set_lr
 from gpt.prepare import ensure_dataset
@@ -133,7 +134,7 @@ class Run:
     resumed_metrics: dict[str, float]  # the evaluation stored in the checkpoint resumed from
     elapsed_s: float  # wall-clock seconds spent by earlier attempts of this run (from the checkpoint)
     guard: SpikeGuard | None  # train.spike_*: skips updates whose loss or gradient norm spikes
-    documents: DocumentStarts | None  # data.align=document: where the training split's documents begin
+    mixture: Mixture  # the datasets rows are drawn from (one without data.mixture), document starts included
 
 
 def print0(accelerator: Accelerator, *args: Any) -> None:
@@ -141,9 +142,10 @@ def print0(accelerator: Accelerator, *args: Any) -> None:
         print(*args, flush=True)
 
 
-def open_data(cfg: Config, accelerator: Accelerator) -> tuple[Tokenizer, TokenStream, TokenStream]:
+def open_dataset(cfg: Config, accelerator: Accelerator, name: str) -> tuple[Tokenizer, TokenStream, TokenStream]:
+    """The tokenizer and the train and val streams of dataset ``name`` under data.root."""
     with accelerator.local_main_process_first():  # one process per machine prepares a missing built-in set
-        folder = ensure_dataset(cfg.data.root, cfg.data.dataset)
+        folder = ensure_dataset(cfg.data.root, name)
     tokenizer = load_tokenizer(folder / "tokenizer.json")
     streams = []
     for split in ("train", "val"):
@@ -156,6 +158,25 @@ def open_data(cfg: Config, accelerator: Accelerator) -> tuple[Tokenizer, TokenSt
         stream.check_fits(cfg.model.block_size)
         streams.append(stream)
     return tokenizer, streams[0], streams[1]
+
+
+def open_data(cfg: Config, accelerator: Accelerator) -> tuple[Tokenizer, list[Source]]:
+    """data.dataset, or every dataset of data.mixture (which must share one tokenizer)."""
+    weighted = parse_mixture(cfg.data.mixture) if cfg.data.mixture else [(cfg.data.dataset, 1.0)]
+    sources, tokenizers = [], []
+    for name, weight in weighted:
+        tokenizer, train, val = open_dataset(cfg, accelerator, name)
+        if tokenizers and tokenizer.identity != tokenizers[0].identity:
+            raise UserError(
+                f"data.mixture mixes tokenizers: {sources[0].name} was made by {tokenizers[0].identity!r} and {name} "
+                f"by {tokenizer.identity!r}; prepare every dataset of a mixture with one tokenizer"
+            )
+        documents = (
+            DocumentStarts(train, tokenizer.eot_id, cfg.model.block_size) if cfg.data.align == "document" else None
+        )
+        sources.append(Source(name, weight, train, val, documents))
+        tokenizers.append(tokenizer)
+    return tokenizers[0], sources
 
 
 def resolve_resume(cfg: Config) -> Path | None:
@@ -209,14 +230,15 @@ def setup(cfg: Config) -> Run:
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(t.cpu_threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
-    tokenizer, train_data, val_data = open_data(cfg, accelerator)
+    tokenizer, sources = open_data(cfg, accelerator)
+    train_data, val_data = sources[0].train, sources[0].val
     if cfg.model.init_from:  # the architecture is the pretrained model's (gpt.hf)
         with accelerator.local_main_process_first():
             print0(accelerator, hf.adopt_architecture(cfg.model, tokenizer))
     model_cfg = ModelConfig(**to_dict(cfg.model))
     if model_cfg.vocab_size == 0:
         model_cfg.vocab_size = tokenizer.vocab_size
-    for data in (train_data, val_data):
+    for data in (stream for source in sources for stream in (source.train, source.val)):
         data.check_model(model_cfg.vocab_size)
 
     resume_from = resolve_resume(cfg)
@@ -251,9 +273,8 @@ def setup(cfg: Config) -> Run:
         resumed_metrics=resumed.get("metrics", {}),
         elapsed_s=float(resumed.get("elapsed_s", 0.0)),
         guard=spike_guard(t, accelerator, resumed.get("spike_guard")),
-        documents=DocumentStarts(train_data, tokenizer.eot_id, cfg.model.block_size) if cfg.data.align == "document"
-        else None,
-    )  # fmt: skip
+        mixture=Mixture(sources, cfg.seed, cfg.model.block_size),
+    )
 
 
 def spike_guard(t: TrainConfig, accelerator: Accelerator, state: dict | None) -> SpikeGuard | None:
@@ -362,7 +383,7 @@ def evaluate(run: Run) -> dict[str, float]:
     per_rank = math.ceil(n / world)
     model.eval()
     out = {}
-    for split_id, (name, data) in enumerate((("train", run.train_data), ("val", run.val_data))):
+    for split_id, (name, data) in enumerate(run.mixture.eval_splits()):
         starts = eval_window_starts(cfg.seed, split_id, n, len(data), T)
         mine = starts[rank::world]
         totals = torch.zeros(2, device=accelerator.device, dtype=torch.float64)  # loss sum, token count
@@ -381,7 +402,7 @@ def evaluate(run: Run) -> dict[str, float]:
         totals = accelerator.reduce(totals, reduction="sum")
         out[f"{name}/loss"] = (totals[0] / totals[1]).item()
     model.train()
-    return out
+    return run.mixture.with_weighted_means(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -511,7 +532,7 @@ def batch_stream(run: Run, start_step: int) -> BatchStream:
     return BatchStream(
         run.train_data, seed=cfg.seed, block_size=cfg.model.block_size, batch_size=cfg.train.batch_size,
         micro_batch_size=cfg.train.micro_batch_size, rank=accelerator.process_index, world=accelerator.num_processes,
-        start_step=start_step, pin_memory=accelerator.device.type == "cuda", documents=run.documents,
+        start_step=start_step, pin_memory=accelerator.device.type == "cuda", mixture=run.mixture,
     )  # fmt: skip
 
 
@@ -531,8 +552,7 @@ def train(cfg: Config) -> TrainResult:
         f"x {run.accum} accumulation steps ({tokens_per_step:,} tokens/step); "
         f"{num_params(accelerator.unwrap_model(model)):,} parameters",
     )
-    if run.documents is not None:
-        print0(accelerator, f"training windows start at documents: {len(run.documents):,} document starts")
+    print0(accelerator, describe_data(run.mixture))
     if run.start_step >= t.max_steps:
         print0(accelerator, f"{cfg.out_dir} is already trained to step {run.start_step} (train.max_steps is "
                             f"{t.max_steps}); raise train.max_steps to train further")  # fmt: skip
@@ -548,6 +568,7 @@ def train(cfg: Config) -> TrainResult:
 
     step = run.start_step
     batches = batch_stream(run, step)
+    rows_seen = run.mixture.rows_seen(range(step), t.batch_size)  # per dataset, for tokens/<name>
     budget = TimeBudget(accelerator, t.time_budget_s, run.elapsed_s)
     stop = StopFlag()
     progress = make_progress(accelerator, step, t.max_steps)
@@ -558,6 +579,7 @@ def train(cfg: Config) -> TrainResult:
         while step < t.max_steps and not budget.spent:
             lr = lr_at(step, t, budget.fraction)
             step_loss, grad_norm = train_step(run, batches, lr, run.guard)
+            rows_seen += run.mixture.rows_seen(range(step, step + 1), t.batch_size)
             step += 1
             timer_steps += 1
             progress.update(1)
@@ -579,6 +601,7 @@ def train(cfg: Config) -> TrainResult:
                 record |= tracking.memory()
                 if run.guard is not None:
                     record["skipped_steps"] = run.guard.skipped
+                record |= run.mixture.tokens_seen(rows_seen)
                 if not math.isfinite(loss_mean):
                     raise UserError(
                         f"the loss became {loss_mean} at step {step}; lower train.learning_rate "
@@ -609,9 +632,11 @@ def train(cfg: Config) -> TrainResult:
         progress.close()
         stop.restore()
     if t.final_eval:  # the full pass over val (gpt.evaluate): logged as final/val/*, written to out_dir/eval.json
-        final = final_evaluation(
-            accelerator, model, run.val_data, run.tokenizer, cfg.model.block_size, t.micro_batch_size, cfg.out_dir, step
-        )
+        final = {}
+        for label, data in run.mixture.final_splits():
+            final |= final_evaluation(accelerator, model, data, run.tokenizer, cfg.model.block_size,
+                                      t.micro_batch_size, cfg.out_dir, step, label)  # fmt: skip
+        final = run.mixture.with_weighted_means(final)
         metrics_log.write(final | {"step": step, "tokens": step * tokens_per_step})
         last |= final
     tracking.finish(step, last)  # the last value of every metric, the final evaluation included, in the W&B summary
