@@ -89,7 +89,8 @@ class Runner:
 
 def trainer_runner(cfg: Config) -> Runner:
     """The trainer's set-up and step: gpt.trainer.setup, batch_stream, lr_at and train_step."""
-    from gpt.trainer import batch_stream, lr_at, setup, train_step
+    from gpt.schedule import lr_at
+    from gpt.trainer import batch_stream, setup, train_step
 
     run = setup(cfg)
     batches = batch_stream(run, 0)
@@ -108,8 +109,8 @@ def bare_runner(cfg: Config) -> Runner:
     from gpt.model import build_model
     from gpt.optim import build_optimizer, set_lr
     from gpt.prepare import ensure_dataset
+    from gpt.schedule import lr_at
     from gpt.tokenizer import load_tokenizer
-    from gpt.trainer import lr_at
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("--bare and --compare time one process; run them without a multi-process launcher")

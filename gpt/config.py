@@ -96,6 +96,17 @@ class DataConfig:
         "'shakespeare_char' and 'shakespeare_gpt2' are prepared from the bundled text when missing.",
     )
     root: str = doc("data", "Directory that holds prepared datasets.")
+    mixture: list[str] = doc(
+        [],
+        "Train on several datasets under root, each row of a batch drawn from one by weight: NAME:WEIGHT entries, "
+        "e.g. web:0.7,books:0.2,code:0.1 (weights are normalised; one tokenizer for all). Empty: dataset alone. "
+        "See gpt.mixture.",
+    )
+    align: Literal["random", "document"] = doc(
+        "random",
+        "Where training windows start: 'random' (any token) or 'document' (the first token of a document: after "
+        "an end-of-text token or at the start of a shard; needs data prepared from several documents).",
+    )
 
 
 @dataclass
@@ -112,12 +123,29 @@ class TrainConfig:
         "processes), derived at start-up.",
     )
     learning_rate: float = doc(3e-3, "Peak learning rate, reached at the end of warm-up.")
-    min_lr: float = doc(3e-4, "Learning rate at the end of the cosine decay.")
+    min_lr: float = doc(3e-4, "Learning rate at the end of the decay.")
     warmup_steps: int = doc(100, "Steps of linear warm-up from 0 to learning_rate.")
+    schedule: Literal["cosine", "wsd", "linear", "constant"] = doc(
+        "cosine",
+        "After warm-up: 'cosine' decay to min_lr at the end; 'linear' decay; 'constant' (no decay); 'wsd' "
+        "(warmup-stable-decay): hold learning_rate, then decay over the last decay_fraction of the run, so a "
+        "stable-phase checkpoint can be resumed with a larger max_steps and the decay moves (gpt.schedule).",
+    )
+    decay_fraction: float = doc(0.2, "wsd: share of the post-warm-up run (steps, or time budget) spent decaying.")
+    decay_shape: Literal["linear", "cosine", "sqrt"] = doc(
+        "linear", "wsd: shape of the decay to min_lr: 'linear', 'cosine' or 'sqrt' (1 - sqrt, a fast then slow drop)."
+    )
     weight_decay: float = doc(0.1, "AdamW weight decay, applied to matrices (not biases, norms or ...).")
     beta1: float = doc(0.9, "AdamW beta1.")
     beta2: float = doc(0.99, "AdamW beta2.")
     grad_clip: float = doc(1.0, "Clip the global gradient norm to this value; 0 disables clipping.")
+    spike_loss_ratio: float = doc(
+        0.0,
+        "Spike guard: skip the update of a step whose loss is more than this many times the median of the last "
+        "spike_window accepted steps (e.g. 3); 0: off. Costs one synchronisation per step (gpt.spike).",
+    )
+    spike_grad_ratio: float = doc(0.0, "Spike guard: the same for the gradient norm before clipping (e.g. 10); 0: off.")
+    spike_window: int = doc(50, "Spike guard: accepted steps in the running median; the guard acts once it is full.")
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = doc(
         "auto",
         "Autocast precision through accelerate: 'no', 'bf16' (CPU and GPU) or 'fp16' (GPU only); 'auto' takes the "

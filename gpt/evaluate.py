@@ -184,19 +184,23 @@ def final_evaluation(
     batch_size: int,
     out_dir: str | Path,
     step: int,
+    label: str = "val",
 ) -> dict[str, float]:
     """The last evaluation of a training run: the full pass over val, logged (final/val/*) and written
-    to out_dir/eval.json. Call on every process; returns the logged metrics."""
+    to out_dir/eval.json. Call on every process; returns the logged metrics. ``label`` names another
+    split (a mixture's val/<dataset>: final/val/<dataset>/*, eval-val-<dataset>.json)."""
     result = evaluate_split(model, data, token_byte_lengths(tokenizer), block_size, batch_size, accelerator)
-    metrics = {f"final/val/{k}": getattr(result, k) for k in ("loss", "perplexity", "bits_per_byte", "tokens", "bytes")}
+    keys = ("loss", "perplexity", "bits_per_byte", "tokens", "bytes")
+    metrics = {f"final/{label}/{k}": getattr(result, k) for k in keys}
     accelerator.log(metrics, step=step)
     if accelerator.is_main_process:
         checkpoint = ckpt.checkpoints_dir(out_dir) / ckpt.step_dir_name(step)
+        name = "eval.json" if label == "val" else f"eval-{label.replace('/', '-')}.json"
         write_json(
-            Path(out_dir) / "eval.json",
-            {"step": step, "checkpoint": str(checkpoint), "split": "val"} | result.as_dict(),
+            Path(out_dir) / name,
+            {"step": step, "checkpoint": str(checkpoint), "split": label} | result.as_dict(),
         )
-        print(format_table(result, f"final evaluation at step {step}, the whole val split:"), flush=True)
+        print(format_table(result, f"final evaluation at step {step}, the whole {label} split:"), flush=True)
     return metrics
 
 

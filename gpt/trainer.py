@@ -32,13 +32,16 @@ from gpt import checkpoint as ckpt
 from gpt import fsdp, hf, perf
 from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
-from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
+from gpt.data import BatchStream, DocumentStarts, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
 from gpt.evaluate import final_evaluation
 from gpt.hellaswag import InLoopTasks
+from gpt.mixture import Mixture, Source, describe_data, parse_mixture
 from gpt.model import build_model, num_params
 from gpt.optim import build_optimizer, set_lr
 from gpt.prepare import ensure_dataset
+from gpt.schedule import check_schedule, lr_at
+from gpt.spike import SpikeGuard
 from gpt.tokenizer import Tokenizer, load_tokenizer
 from gpt.tracking import Tracking
 
@@ -58,20 +61,6 @@ def accumulation_steps(batch_size: int, micro_batch_size: int, world_size: int) 
             f"{world_size} processes = {per_pass}; choose a batch_size divisible by {per_pass} or another micro batch"
         )
     return batch_size // per_pass
-
-
-def lr_at(step: int, t: TrainConfig, progress: float | None = None) -> float:
-    """Linear warm-up to learning_rate, then cosine decay to min_lr at max_steps.
-
-    With ``progress`` (the share of a time budget spent, see gpt.budget) the decay follows it instead
-    of the step count, reaching min_lr when the budget is spent.
-    """
-    if step < t.warmup_steps:
-        return t.learning_rate * (step + 1) / t.warmup_steps
-    if progress is None:
-        progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
-    progress = min(1.0, progress)
-    return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.learning_rate - t.min_lr)
 
 
 def cpu_threads(requested: int, local_processes: int) -> int:
@@ -145,6 +134,8 @@ class Run:
     wandb_mode: str
     resumed_metrics: dict[str, float]  # the evaluation stored in the checkpoint resumed from
     elapsed_s: float  # wall-clock seconds spent by earlier attempts of this run (from the checkpoint)
+    guard: SpikeGuard | None  # train.spike_*: skips updates whose loss or gradient norm spikes
+    mixture: Mixture  # the datasets rows are drawn from (one without data.mixture), document starts included
 
 
 def print0(accelerator: Accelerator, *args: Any) -> None:
@@ -152,9 +143,10 @@ def print0(accelerator: Accelerator, *args: Any) -> None:
         print(*args, flush=True)
 
 
-def open_data(cfg: Config, accelerator: Accelerator) -> tuple[Tokenizer, TokenStream, TokenStream]:
+def open_dataset(cfg: Config, accelerator: Accelerator, name: str) -> tuple[Tokenizer, TokenStream, TokenStream]:
+    """The tokenizer and the train and val streams of dataset ``name`` under data.root."""
     with accelerator.local_main_process_first():  # one process per machine prepares a missing built-in set
-        folder = ensure_dataset(cfg.data.root, cfg.data.dataset)
+        folder = ensure_dataset(cfg.data.root, name)
     tokenizer = load_tokenizer(folder / "tokenizer.json")
     streams = []
     for split in ("train", "val"):
@@ -167,6 +159,25 @@ def open_data(cfg: Config, accelerator: Accelerator) -> tuple[Tokenizer, TokenSt
         stream.check_fits(cfg.model.block_size)
         streams.append(stream)
     return tokenizer, streams[0], streams[1]
+
+
+def open_data(cfg: Config, accelerator: Accelerator) -> tuple[Tokenizer, list[Source]]:
+    """data.dataset, or every dataset of data.mixture (which must share one tokenizer)."""
+    weighted = parse_mixture(cfg.data.mixture) if cfg.data.mixture else [(cfg.data.dataset, 1.0)]
+    sources, tokenizers = [], []
+    for name, weight in weighted:
+        tokenizer, train, val = open_dataset(cfg, accelerator, name)
+        if tokenizers and tokenizer.identity != tokenizers[0].identity:
+            raise UserError(
+                f"data.mixture mixes tokenizers: {sources[0].name} was made by {tokenizers[0].identity!r} and {name} "
+                f"by {tokenizer.identity!r}; prepare every dataset of a mixture with one tokenizer"
+            )
+        documents = (
+            DocumentStarts(train, tokenizer.eot_id, cfg.model.block_size) if cfg.data.align == "document" else None
+        )
+        sources.append(Source(name, weight, train, val, documents))
+        tokenizers.append(tokenizer)
+    return tokenizers[0], sources
 
 
 def resolve_resume(cfg: Config) -> Path | None:
@@ -202,6 +213,7 @@ def setup(cfg: Config) -> Run:
     )
     if accelerator.num_processes != launched:
         raise UserError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}")
+    check_schedule(t)
     accum = accumulation_steps(t.batch_size, t.micro_batch_size, accelerator.num_processes)
     accelerator.gradient_accumulation_steps = accum  # derived: batch_size / (micro_batch_size * processes)
     device = accelerator.device
@@ -219,14 +231,15 @@ def setup(cfg: Config) -> Run:
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(t.cpu_threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
-    tokenizer, train_data, val_data = open_data(cfg, accelerator)
+    tokenizer, sources = open_data(cfg, accelerator)
+    train_data, val_data = sources[0].train, sources[0].val
     if cfg.model.init_from:  # the architecture is the pretrained model's (gpt.hf)
         with accelerator.local_main_process_first():
             print0(accelerator, hf.adopt_architecture(cfg.model, tokenizer))
     model_cfg = ModelConfig(**to_dict(cfg.model))
     if model_cfg.vocab_size == 0:
         model_cfg.vocab_size = tokenizer.vocab_size
-    for data in (train_data, val_data):
+    for data in (stream for source in sources for stream in (source.train, source.val)):
         data.check_model(model_cfg.vocab_size)
 
     resume_from = resolve_resume(cfg)
@@ -260,7 +273,24 @@ def setup(cfg: Config) -> Run:
         wandb_mode=mode,
         resumed_metrics=resumed.get("metrics", {}),
         elapsed_s=float(resumed.get("elapsed_s", 0.0)),
+        guard=spike_guard(t, accelerator, resumed.get("spike_guard")),
+        mixture=Mixture(sources, cfg.seed, cfg.model.block_size),
     )
+
+
+def spike_guard(t: TrainConfig, accelerator: Accelerator, state: dict | None) -> SpikeGuard | None:
+    """The spike guard the config asks for (None when off), continuing a checkpoint's window and count."""
+    if t.spike_loss_ratio < 0 or t.spike_grad_ratio < 0 or t.spike_window < 1:
+        raise UserError(
+            f"the spike guard needs ratios >= 0 (0: off) and a window >= 1; got train.spike_loss_ratio="
+            f"{t.spike_loss_ratio}, train.spike_grad_ratio={t.spike_grad_ratio}, train.spike_window={t.spike_window}"
+        )
+    guard = SpikeGuard(t.spike_loss_ratio, t.spike_grad_ratio, t.spike_window, state)
+    if not guard.enabled:
+        return None
+    if accelerator.mixed_precision == "fp16":  # a skipped step would leave the gradient scaler mid-step
+        raise UserError("the spike guard (train.spike_*) does not work with fp16; use bf16, or turn the guard off")
+    return guard
 
 
 def register_weight_hooks(accelerator: Accelerator) -> None:
@@ -354,7 +384,7 @@ def evaluate(run: Run) -> dict[str, float]:
     per_rank = math.ceil(n / world)
     model.eval()
     out = {}
-    for split_id, (name, data) in enumerate((("train", run.train_data), ("val", run.val_data))):
+    for split_id, (name, data) in enumerate(run.mixture.eval_splits()):
         starts = eval_window_starts(cfg.seed, split_id, n, len(data), T)
         mine = starts[rank::world]
         totals = torch.zeros(2, device=accelerator.device, dtype=torch.float64)  # loss sum, token count
@@ -373,7 +403,7 @@ def evaluate(run: Run) -> dict[str, float]:
         totals = accelerator.reduce(totals, reduction="sum")
         out[f"{name}/loss"] = (totals[0] / totals[1]).item()
     model.train()
-    return out
+    return run.mixture.with_weighted_means(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,6 +437,7 @@ def save(run: Run, step: int, wandb_id: str | None, metrics: dict[str, float], e
             # the data position: step s of the sample stream is a function of (seed, s) alone
             "sample_stream": {"seed": cfg.seed, "next_step": step, "batch_size": cfg.train.batch_size},
             "elapsed_s": elapsed_s,  # wall clock spent so far, for train.time_budget_s
+            "spike_guard": run.guard.state() if run.guard else None,  # its window and skipped count
         }
         final = ckpt.finish_save(tmp, cfg.out_dir, step, state, cfg.train.keep_last, cfg.train.keep_best)
     accelerator.wait_for_everyone()
@@ -455,11 +486,14 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def train_step(run: Run, batches: BatchStream, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    run: Run, batches: BatchStream, lr: float, guard: SpikeGuard | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step at learning rate ``lr`` over the next global batch (run.accum micro-batches).
 
     Returns the sum of the micro-batch losses and the gradient norm before clipping as tensors:
-    reading them waits for the device, so the loop does it only at log steps.
+    reading them waits for the device, so the loop does it only at log steps. With a spike guard
+    (gpt.spike) they are read at every step, and a spike's update is dropped instead of applied.
     """
     accelerator, model, optimizer, t = run.accelerator, run.model, run.optimizer, run.cfg.train
     device = accelerator.device
@@ -471,12 +505,26 @@ def train_step(run: Run, batches: BatchStream, lr: float) -> tuple[torch.Tensor,
             _, loss = model(x, y)
             accelerator.backward(loss)
             step_loss += loss.detach()
+            apply = True
             if accelerator.sync_gradients:
                 max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-            optimizer.step()
+                if guard is not None:
+                    apply = not spike_skipped(run, guard, step_loss, grad_norm)
+            if apply:
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     return step_loss, grad_norm
+
+
+def spike_skipped(run: Run, guard: SpikeGuard, step_loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+    """Whether the guard drops this step's update; every process reads the same reduced values."""
+    accelerator = run.accelerator
+    loss = accelerator.reduce(step_loss / run.accum, reduction="mean").item()
+    reason = guard.spike(loss, float(grad_norm))
+    if reason:
+        print0(accelerator, f"skipped an update (spike guard): {reason}")
+    return reason is not None
 
 
 def batch_stream(run: Run, start_step: int) -> BatchStream:
@@ -485,7 +533,7 @@ def batch_stream(run: Run, start_step: int) -> BatchStream:
     return BatchStream(
         run.train_data, seed=cfg.seed, block_size=cfg.model.block_size, batch_size=cfg.train.batch_size,
         micro_batch_size=cfg.train.micro_batch_size, rank=accelerator.process_index, world=accelerator.num_processes,
-        start_step=start_step, pin_memory=accelerator.device.type == "cuda",
+        start_step=start_step, pin_memory=accelerator.device.type == "cuda", mixture=run.mixture,
     )  # fmt: skip
 
 
@@ -505,6 +553,7 @@ def train(cfg: Config) -> TrainResult:
         f"x {run.accum} accumulation steps ({tokens_per_step:,} tokens/step); "
         f"{num_params(accelerator.unwrap_model(model)):,} parameters",
     )
+    print0(accelerator, describe_data(run.mixture))
     if run.start_step >= t.max_steps:
         print0(accelerator, f"{cfg.out_dir} is already trained to step {run.start_step} (train.max_steps is "
                             f"{t.max_steps}); raise train.max_steps to train further")  # fmt: skip
@@ -521,6 +570,7 @@ def train(cfg: Config) -> TrainResult:
 
     step = run.start_step
     batches = batch_stream(run, step)
+    rows_seen = run.mixture.rows_seen(range(step), t.batch_size)  # per dataset, for tokens/<name>
     budget = TimeBudget(accelerator, t.time_budget_s, run.elapsed_s)
     stop = StopFlag()
     progress = make_progress(accelerator, step, t.max_steps)
@@ -530,7 +580,8 @@ def train(cfg: Config) -> TrainResult:
     try:
         while step < t.max_steps and not budget.spent:
             lr = lr_at(step, t, budget.fraction)
-            step_loss, grad_norm = train_step(run, batches, lr)
+            step_loss, grad_norm = train_step(run, batches, lr, run.guard)
+            rows_seen += run.mixture.rows_seen(range(step, step + 1), t.batch_size)
             step += 1
             timer_steps += 1
             progress.update(1)
@@ -550,6 +601,9 @@ def train(cfg: Config) -> TrainResult:
                 if peak is not None:  # model FLOPs utilisation, against the peak of every device in the job
                     record["mfu"] = perf.mfu(model_flops, record["tokens_per_s"], accelerator.num_processes, peak)
                 record |= tracking.memory()
+                if run.guard is not None:
+                    record["skipped_steps"] = run.guard.skipped
+                record |= run.mixture.tokens_seen(rows_seen)
                 if not math.isfinite(loss_mean):
                     raise UserError(
                         f"the loss became {loss_mean} at step {step}; lower train.learning_rate "
@@ -584,9 +638,11 @@ def train(cfg: Config) -> TrainResult:
         progress.close()
         stop.restore()
     if t.final_eval:  # the full pass over val (gpt.evaluate): logged as final/val/*, written to out_dir/eval.json
-        final = final_evaluation(
-            accelerator, model, run.val_data, run.tokenizer, cfg.model.block_size, t.micro_batch_size, cfg.out_dir, step
-        )
+        final = {}
+        for label, data in run.mixture.final_splits():
+            final |= final_evaluation(accelerator, model, data, run.tokenizer, cfg.model.block_size,
+                                      t.micro_batch_size, cfg.out_dir, step, label)  # fmt: skip
+        final = run.mixture.with_weighted_means(final)
         metrics_log.write(final | {"step": step, "tokens": step * tokens_per_step})
         last |= final
     tracking.finish(step, last)  # the last value of every metric, the final evaluation included, in the W&B summary
@@ -626,6 +682,7 @@ def log(accelerator: Accelerator, progress, metrics_log: MetricsLog, record: dic
         ("eval/hellaswag/acc_norm", "hellaswag {:.1%}"),
         ("lr", "lr {:.2e}"),
         ("grad_norm", "grad norm {:.2f}"),
+        ("skipped_steps", "{} skipped"),
         ("step_ms", "{:.1f} ms/step"),
         ("tokens_per_s", "{:,.0f} tok/s"),
         ("mfu", "MFU {:.1%}"),

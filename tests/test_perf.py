@@ -14,7 +14,7 @@ from gpt.config import ModelConfig, TrainConfig, load_config, to_dict
 from gpt.errors import UserError
 from gpt.model import GPT
 from gpt.optim import MuonWithAdamW, build_optimizer, set_lr
-from gpt.trainer import lr_at
+from gpt.schedule import lr_at
 
 from conftest import ROOT, TINY, accelerate_launch, env, free_port, run_script
 
