@@ -37,6 +37,7 @@ from gpt.errors import UserError
 from gpt.evaluate import final_evaluation
 from gpt.model import build_model, num_params
 from gpt.optim import build_optimizer, set_lr
+from gpt.plot import record_at_step
 from gpt.prepare import ensure_dataset
 from gpt.tokenizer import Tokenizer, load_tokenizer
 from gpt.tracking import Tracking
@@ -509,7 +510,8 @@ def train(cfg: Config) -> TrainResult:
                             f"{t.max_steps}); raise train.max_steps to train further")  # fmt: skip
         accelerator.end_training()
         unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-        return TrainResult(run.start_step, run.resumed_metrics, unwrapped, accelerator.is_main_process)
+        done = run.resumed_metrics | record_at_step(cfg.out_dir, run.start_step)  # with the final evaluation
+        return TrainResult(run.start_step, done, unwrapped, accelerator.is_main_process)
     if accelerator.is_main_process:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
