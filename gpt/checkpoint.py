@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gpt.config import ModelConfig, model_config_from_dict, to_dict
+from gpt.config import ModelConfig, model_config_from_dict, to_dict, train_command
 from gpt.errors import UserError
 from gpt.model import build_model
 from gpt.tokenizer import Tokenizer, load_tokenizer, save_tokenizer
@@ -244,8 +244,8 @@ def resolve_export(path: str | Path) -> Path:
     if latest is not None:
         return latest / EXPORT_DIR
     if not path.exists():
-        raise UserError(f"{path} does not exist; pass the out_dir of a training run (e.g. --out_dir out/default)")
-    raise UserError(f"no checkpoint in {path}; train first (python train.py out_dir={path}) or pass another --out_dir")
+        raise UserError(f"{path} does not exist; give the out_dir of a training run, a checkpoint or a model folder")
+    raise UserError(f"no checkpoint in {path}; train first ({train_command(path)}) or give another run")
 
 
 def load_exported(path: str | Path) -> tuple[torch.nn.Module, Tokenizer, dict[str, Any]]:
