@@ -29,13 +29,14 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from gpt.config import ModelConfig
 from gpt.errors import UserError, run_main
 from gpt.tokenizer import ASSETS, Tokenizer
+
+if TYPE_CHECKING:  # torch loads when a model is converted: --help answers at once
+    import torch
 
 # our GELU setting -> transformers' activation_function, and back
 ACTIVATION_OUT = {"exact": "gelu", "tanh": "gelu_new"}
@@ -124,7 +125,7 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
             out[theirs] = tensor.t().contiguous() if transposed else tensor
         elif ours.endswith(".bias") and not cfg.bias:
             width = state[ours[: -len("bias")] + "weight"].shape[0]  # a bias is as wide as the layer's output
-            out[theirs] = torch.zeros(width, dtype=state["wte.weight"].dtype)
+            out[theirs] = state["wte.weight"].new_zeros(width)
         else:
             raise UserError(f"the weights have no {ours!r}; they are not those of a model.kind=gpt model")
     out["transformer.wte.weight"] = state["wte.weight"][: cfg.vocab_size]  # without padding rows (pad_vocab_to)
@@ -179,6 +180,7 @@ def export(src: str | Path, out_dir: str | Path) -> float:
 
 def max_logit_difference(model: torch.nn.Module, hf_dir: Path) -> float:
     """Reload the export the way users will and compare logits with ours on a fixed random batch."""
+    import torch
     from transformers import GPT2LMHeadModel
 
     reloaded = GPT2LMHeadModel.from_pretrained(str(hf_dir), local_files_only=True).float().eval()
@@ -275,6 +277,8 @@ def adopt_architecture(cfg: ModelConfig, tokenizer: Tokenizer) -> str:
 
 def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Our parameter names and layouts for GPT-2 weights, position embeddings cropped to block_size."""
+    import torch
+
     state = {}
     for ours, theirs, transposed in name_pairs(cfg.n_layer):
         if theirs not in hf_state:

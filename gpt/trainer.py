@@ -539,7 +539,7 @@ def train(cfg: Config) -> TrainResult:
             boundary = step == t.max_steps or budget.spent
             evaluating = step % t.eval_interval == 0 or boundary
             record: dict[str, Any] = {}
-            if step % t.log_interval == 0 or boundary:
+            if step % t.log_interval == 0 or boundary or step == 1:  # step 1: a first line at once
                 # The exact mean over every micro-batch of every process (each has the same token count).
                 loss_mean = accelerator.reduce(step_loss / run.accum, reduction="mean").item()
                 elapsed = time.perf_counter() - timer_start
@@ -561,7 +561,7 @@ def train(cfg: Config) -> TrainResult:
             if record:
                 record |= {"step": step, "tokens": step * tokens_per_step}
                 last |= record
-                log(accelerator, progress, metrics_log, record)
+                log(accelerator, progress, metrics_log, record, next_line_note(step, record, t))
             if evaluating:
                 tracking.after_eval(step)
             saving = step % t.checkpoint_interval == 0 or boundary or stopping
@@ -609,7 +609,16 @@ def make_progress(accelerator: Accelerator, start: int, total: int):
     return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True)
 
 
-def log(accelerator: Accelerator, progress, metrics_log: MetricsLog, record: dict[str, Any]) -> None:
+def next_line_note(step: int, record: dict[str, Any], t: TrainConfig) -> str:
+    """After step 1, when the next log line is more than a few seconds away: when it will come."""
+    if step != 1 or "step_ms" not in record:
+        return ""
+    next_step = min(t.log_interval, t.max_steps)
+    wait_s = record["step_ms"] / 1000 * (next_step - step)
+    return f"next line at step {next_step}, in about {wait_s:.0f} s" if wait_s >= 10 else ""
+
+
+def log(accelerator: Accelerator, progress, metrics_log: MetricsLog, record: dict[str, Any], note: str = "") -> None:
     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
     metrics_log.write(record)
     if not accelerator.is_main_process:
@@ -627,7 +636,7 @@ def log(accelerator: Accelerator, progress, metrics_log: MetricsLog, record: dic
     ):
         if key in record:
             parts.append(fmt.format(record[key]))
-    line = " | ".join(parts)
+    line = " | ".join(parts + ([note] if note else []))
     if progress.disable:
         print(line, flush=True)
     else:
