@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -182,16 +181,9 @@ def bare_runner(cfg: Config) -> Runner:
 def device_name(device: torch.device) -> str:
     import torch
 
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from gpt.cpu import cpu_model
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
 
 
 def summarise(runner: Runner, seconds: list[float], cfg: Config, args: argparse.Namespace) -> dict[str, Any]:

@@ -121,7 +121,14 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = doc(
         "auto",
         "Autocast precision through accelerate: 'no', 'bf16' (CPU and GPU) or 'fp16' (GPU only); 'auto' takes the "
-        "launch's (accelerate launch --mixed_precision, or its config file), else 'no'.",
+        "launch's (accelerate launch --mixed_precision, or its config file), else 'no'. bf16 on a CPU without "
+        "native bf16 falls back to fp32: see train.cpu_bf16.",
+    )
+    cpu_bf16: Literal["auto", "always"] = doc(
+        "auto",
+        "bf16 (from train.mixed_precision or the launch) on a CPU: 'auto' keeps it where the CPU computes bf16 "
+        "natively (AVX512-BF16 or AMX in its flags, or a timed bf16 matmul no slower than 1.5x fp32) and falls back "
+        "to fp32 elsewhere, with one line, since emulated bf16 is many times slower; 'always' keeps bf16 anyway.",
     )
     compile: bool = doc(False, "Wrap the model in torch.compile.")
     matmul_precision: Literal["auto", "highest", "high", "medium"] = doc(

@@ -29,7 +29,7 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin, Projec
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
-from gpt import fsdp, hf, perf
+from gpt import cpu, fsdp, hf, perf
 from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
@@ -188,11 +188,13 @@ def setup(cfg: Config) -> Run:
     t = cfg.train
     mode = wandb_mode(cfg.wandb.mode)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
+    on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    precision, precision_note = cpu.training_precision(t.mixed_precision, t.cpu_bf16, on_cpu)  # emulated bf16: fp32
     accelerator = Accelerator(
         # Several processes and no GPU: run them on CPU over gloo (accelerate's multi-process
         # launcher does not pass use_cpu from a config file on to the processes).
         cpu=launched > 1 and not torch.cuda.is_available(),
-        mixed_precision=None if t.mixed_precision == "auto" else t.mixed_precision,  # None: the launch's
+        mixed_precision=precision,  # None: the launch's
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1, sync_with_dataloader=False),
         log_with="wandb" if mode != "disabled" else None,
         project_config=ProjectConfiguration(project_dir=cfg.out_dir, automatic_checkpoint_naming=False),
@@ -200,6 +202,8 @@ def setup(cfg: Config) -> Run:
         step_scheduler_with_optimizer=False,
         fsdp_plugin=fsdp.accelerate_plugin() if fsdp.fsdp_requested() else None,  # one unit per Block
     )
+    if precision_note:
+        print0(accelerator, precision_note)
     if accelerator.num_processes != launched:
         raise UserError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}")
     accum = accumulation_steps(t.batch_size, t.micro_batch_size, accelerator.num_processes)
