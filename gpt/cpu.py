@@ -2,8 +2,8 @@
 
 bf16 autocast pays on a CPU that has bf16 instructions (AVX512-BF16, or AMX on Sapphire Rapids and
 newer): matmuls run at up to twice the fp32 rate. Elsewhere (AVX2, most laptops and small cloud VMs)
-bf16 is emulated and a training step is many times slower than in fp32; on a 2-core AVX2 machine
-``python train.py speedrun_cpu`` took 58 s per step. So bf16 on CPU is checked before training starts:
+bf16 is emulated and a training step can be many times slower than in fp32. So bf16 on CPU is
+checked before training starts:
 the CPU's flags decide when they name a bf16 instruction set; otherwise a tiny bf16 and fp32 matmul
 are timed (a few milliseconds to a fraction of a second). Where bf16 is slower, training falls back to
 fp32 and says so in one line; ``train.cpu_bf16=always`` keeps bf16 anyway (its numerics, not its speed).
