@@ -150,6 +150,13 @@ def begin_save(out_dir: str | Path, step: int) -> Path:
     return tmp
 
 
+def umask_file_mode() -> int:
+    """The mode a new file gets under this process's umask (0o644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_export(folder: Path, weights_file: Path, model_cfg: ModelConfig, tokenizer: Tokenizer, meta: dict) -> None:
     """The portable model: weights (hard link to the resume weights when possible), config, tokenizer."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -157,6 +164,7 @@ def write_export(folder: Path, weights_file: Path, model_cfg: ModelConfig, token
         os.link(weights_file, folder / WEIGHTS)
     except OSError:
         shutil.copyfile(weights_file, folder / WEIGHTS)
+    os.chmod(folder / WEIGHTS, umask_file_mode())  # safetensors writes 0600; the export is for sharing
     config = {"model": to_dict(model_cfg), "tokenizer": tokenizer.identity, **meta}
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     save_tokenizer(tokenizer, folder / "tokenizer.json")
