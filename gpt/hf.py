@@ -29,6 +29,7 @@ The bigram model has no GPT-2 counterpart and is refused. Needs the ``hf`` extra
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 from pathlib import Path
@@ -179,6 +180,9 @@ def write_char_tokenizer(folder: Path, tokenizer: CharTokenizer, max_length: int
     rust.decoder = decoders.Fuse()  # characters joined as they are, no spaces between
     fast = PreTrainedTokenizerFast(tokenizer_object=rust, model_max_length=max_length, **special)
     fast.save_pretrained(str(folder))
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text()) | {"tokenizer_class": "PreTrainedTokenizerFast"}  # 4 and 5 know it
+    config_file.write_text(json.dumps(config, indent=2))
 
 
 def export(src: str | Path, out_dir: str | Path) -> float:
