@@ -17,7 +17,6 @@ from pathlib import Path
 
 from gpt.config import SampleConfig, parse_flags
 from gpt.errors import UserError, run_main
-from gpt.generate import check_options, encode_prompt, load, resolve_context_mode, sample_ids
 
 
 def read_prompt(start: str) -> str:
@@ -42,10 +41,13 @@ def complete_prefix(text: str) -> str:
 
 def main(argv: list[str]) -> int:
     cfg = parse_flags(SampleConfig, argv, "sample.py", __doc__)
+    # after the flags: --help and a bad flag answer before torch loads
+    from gpt.generate import check_options, default_prompt, encode_prompt, load, resolve_context_mode, sample_ids
+
     check_options(cfg.max_new_tokens, cfg.num_samples, cfg.temperature, cfg.top_k, cfg.top_p, cfg.context_mode)
     model, tokenizer, _ = load(cfg.out_dir, cfg.device, cfg.dtype)
     context_mode = resolve_context_mode(model, cfg.context_mode)  # 'auto': rolling for rotary models
-    prompt = read_prompt(cfg.start)
+    prompt = read_prompt(cfg.start) or default_prompt(tokenizer)
     ids = encode_prompt(tokenizer, prompt)
     stream = sys.stdout.isatty()  # token by token on a terminal, whole samples otherwise
     if stream:

@@ -3,7 +3,7 @@
     accelerate launch train.py                                  # the CPU-sized default on Tiny Shakespeare
     accelerate launch train.py shakespeare_char                 # the lecture's GPU model (configs/*.yaml)
     accelerate launch train.py model.n_layer=6 train.max_steps=5000 out_dir=out/deeper
-    accelerate launch --config_file launch/single_node.yaml train.py gpt2_owt
+    accelerate launch --config_file launch/single_node.yaml train.py gpt2_124m_fineweb
     python train.py ...                                         # one process, no launcher needed
     python train.py --help                                      # every config key
 

@@ -26,19 +26,18 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from gpt import perf
 from gpt.config import Config, ModelConfig, load_config
 from gpt.errors import UserError
+
+if TYPE_CHECKING:  # torch loads after the arguments are read: --help answers at once
+    import torch
 
 
 class StepTimer:
@@ -49,6 +48,8 @@ class StepTimer:
         self.marks: list[Any] = []
 
     def mark(self) -> None:
+        import torch
+
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
@@ -58,6 +59,8 @@ class StepTimer:
 
     def seconds(self) -> list[float]:
         """Durations between consecutive marks."""
+        import torch
+
         if self.cuda:
             torch.cuda.synchronize()
             return [a.elapsed_time(b) / 1000 for a, b in zip(self.marks, self.marks[1:], strict=False)]
@@ -76,15 +79,29 @@ class Runner:
     step: int = 0
     last_loss: torch.Tensor | None = field(default=None, repr=False)
 
-    def run(self, n: int) -> list[float]:
-        """Run n optimizer steps; the duration of each, in seconds."""
+    def run(self, n: int, label: str = "") -> list[float]:
+        """Run n optimizer steps; the duration of each, in seconds. With a label, say on stderr (main
+        process) when the first step is done and then every PROGRESS_S seconds, so that slow steps
+        are not silent."""
         timer = StepTimer(self.device)
         timer.mark()
-        for _ in range(n):
+        start = shown = time.perf_counter()
+        for i in range(1, n + 1):
             self.last_loss = self.step_fn(self.step)
             self.step += 1
             timer.mark()
+            now = time.perf_counter()
+            if label and is_main_process() and (i == 1 or now - shown >= PROGRESS_S) and i < n:
+                print(f"{label}: {i} of {n} steps in {now - start:.1f} s", file=sys.stderr, flush=True)
+                shown = now
         return timer.seconds()
+
+
+PROGRESS_S = 10.0
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def trainer_runner(cfg: Config) -> Runner:
@@ -105,6 +122,9 @@ def trainer_runner(cfg: Config) -> Runner:
 
 def bare_runner(cfg: Config) -> Runner:
     """A plain PyTorch loop on the same model, seed, optimizer, schedule and batches; no accelerate."""
+    import torch
+
+    from gpt import perf
     from gpt.data import TokenStream, split_files, step_window_starts, to_inputs_targets
     from gpt.model import build_model
     from gpt.optim import build_optimizer, set_lr
@@ -160,20 +180,19 @@ def bare_runner(cfg: Config) -> Runner:
 
 
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    import torch
+
+    from gpt.cpu import cpu_model
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
 
 
 def summarise(runner: Runner, seconds: list[float], cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     """The JSON record of one timed run."""
+    import torch
+
+    from gpt import perf
+
     m, t = cfg.model, cfg.train
     median = statistics.median(seconds)
     tokens_per_step = t.batch_size * m.block_size  # the global batch, over all processes
@@ -289,6 +308,8 @@ def run_in_subprocess(args: list[str], env: dict[str, str] | None = None, timeou
 
 def main(argv: list[str]) -> int:
     args, rest = parse_args(argv)
+    import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = bench_config(rest)
@@ -297,9 +318,9 @@ def main(argv: list[str]) -> int:
     runner = bare_runner(cfg) if args.bare else trainer_runner(cfg)
     if runner.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(runner.device)
-    runner.run(args.warmup)
-    seconds = runner.run(args.steps)
-    if int(os.environ.get("RANK", "0")) == 0:
+    runner.run(args.warmup, "warm-up")
+    seconds = runner.run(args.steps, "timed")
+    if is_main_process():
         record = summarise(runner, seconds, cfg, args)
         print(describe(record))
         print(json.dumps(record), flush=True)

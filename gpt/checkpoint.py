@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gpt.config import ModelConfig, model_config_from_dict, to_dict
+from gpt.config import ModelConfig, model_config_from_dict, to_dict, train_command
 from gpt.errors import UserError
 from gpt.model import build_model
 from gpt.tokenizer import Tokenizer, load_tokenizer, save_tokenizer
@@ -150,6 +150,13 @@ def begin_save(out_dir: str | Path, step: int) -> Path:
     return tmp
 
 
+def umask_file_mode() -> int:
+    """The mode a new file gets under this process's umask (0o644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_export(folder: Path, weights_file: Path, model_cfg: ModelConfig, tokenizer: Tokenizer, meta: dict) -> None:
     """The portable model: weights (hard link to the resume weights when possible), config, tokenizer."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -157,6 +164,7 @@ def write_export(folder: Path, weights_file: Path, model_cfg: ModelConfig, token
         os.link(weights_file, folder / WEIGHTS)
     except OSError:
         shutil.copyfile(weights_file, folder / WEIGHTS)
+    os.chmod(folder / WEIGHTS, umask_file_mode())  # safetensors writes 0600; the export is for sharing
     config = {"model": to_dict(model_cfg), "tokenizer": tokenizer.identity, **meta}
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     save_tokenizer(tokenizer, folder / "tokenizer.json")
@@ -244,8 +252,8 @@ def resolve_export(path: str | Path) -> Path:
     if latest is not None:
         return latest / EXPORT_DIR
     if not path.exists():
-        raise UserError(f"{path} does not exist; pass the out_dir of a training run (e.g. --out_dir out/default)")
-    raise UserError(f"no checkpoint in {path}; train first (python train.py out_dir={path}) or pass another --out_dir")
+        raise UserError(f"{path} does not exist; give the out_dir of a training run, a checkpoint or a model folder")
+    raise UserError(f"no checkpoint in {path}; train first ({train_command(path)}) or give another run")
 
 
 def load_exported(path: str | Path) -> tuple[torch.nn.Module, Tokenizer, dict[str, Any]]:

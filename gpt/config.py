@@ -1,6 +1,7 @@
 """Typed run configuration: one dataclass per concern, YAML presets, ``key.sub=value`` overrides.
 
     python -m gpt.config               # every config key with its type, default and meaning
+    python -m gpt.config shakespeare_char train.max_steps=100   # the values a preset and overrides give
     python -m gpt.config --markdown    # the same as the README's config table
 
 Every field carries its documentation in ``metadata["doc"]``; ``train.py --help`` and the config
@@ -11,14 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from gpt.errors import UserError
+from gpt.errors import UserError, run_main
 
 PRESET_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs")
 
@@ -149,7 +149,14 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = doc(
         "auto",
         "Autocast precision through accelerate: 'no', 'bf16' (CPU and GPU) or 'fp16' (GPU only); 'auto' takes the "
-        "launch's (accelerate launch --mixed_precision, or its config file), else 'no'.",
+        "launch's (accelerate launch --mixed_precision, or its config file), else 'no'. bf16 on a CPU without "
+        "native bf16 falls back to fp32: see train.cpu_bf16.",
+    )
+    cpu_bf16: Literal["auto", "always"] = doc(
+        "auto",
+        "bf16 (from train.mixed_precision or the launch) on a CPU: 'auto' keeps it where the CPU computes bf16 "
+        "natively (AVX512-BF16 or AMX in its flags, or a timed bf16 matmul no slower than 1.5x fp32) and falls back "
+        "to fp32 elsewhere, with one line, since emulated bf16 is many times slower; 'always' keeps bf16 anyway.",
     )
     compile: bool = doc(False, "Wrap the model in torch.compile.")
     matmul_precision: Literal["auto", "highest", "high", "medium"] = doc(
@@ -256,7 +263,11 @@ class SampleConfig:
     out_dir: str = doc(
         "out/default", "Run directory to sample from (its newest checkpoint), or a checkpoint or model folder."
     )
-    start: str = doc("\n", "Prompt text, or FILE:path to read it from a file.")
+    start: str = doc(
+        "",
+        "Prompt text, or FILE:path to read it from a file; empty: a newline (or, for a vocabulary without one, "
+        "end-of-text or its first token).",
+    )
     num_samples: int = doc(3, "Number of samples, generated together as one batch.")
     max_new_tokens: int = doc(
         500, "Tokens to generate per sample; a sample of a BPE model stops earlier at end-of-text."
@@ -339,7 +350,8 @@ def _convert(key: str, value: Any, tp: Any, from_cli: bool) -> Any:
     """Check or convert one value to the field's type, with one clear error when it doesn't fit."""
 
     def fail(expected: str) -> UserError:
-        return UserError(f"config key '{key}' expects {expected}, got {value!r}")
+        what = "flag" if key.startswith("--") else "config key"
+        return UserError(f"{what} '{key}' expects {expected}, got {value!r}")
 
     origin = get_origin(tp)
     if origin is Literal:
@@ -444,8 +456,26 @@ def find_preset(name: str) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    available = sorted({p.stem for d in PRESET_DIRS if d.is_dir() for p in d.glob("*.yaml")})
-    raise UserError(f"no config preset '{name}': give a YAML path or one of {', '.join(available)}")
+    raise UserError(f"no config preset '{name}': give a YAML path or one of {', '.join(preset_names())}")
+
+
+def preset_names() -> list[str]:
+    """The presets that ``find_preset`` finds by name."""
+    return sorted({p.stem for d in PRESET_DIRS if d.is_dir() for p in d.glob("*.yaml")})
+
+
+def train_command(out_dir: str | Path) -> str:
+    """The train.py command whose run writes to ``out_dir``: the preset whose out_dir it is, else an override."""
+    if Path(out_dir) == Path(Config().out_dir):
+        return "python train.py"
+    for name in preset_names():
+        try:
+            preset = yaml.safe_load(find_preset(name).read_text())
+        except yaml.YAMLError:
+            continue
+        if isinstance(preset, dict) and Path(str(preset.get("out_dir", ""))) == Path(out_dir):
+            return f"python train.py {name}"
+    return f"python train.py out_dir={out_dir}"
 
 
 def load_config(args: list[str]) -> Config:
@@ -600,16 +630,19 @@ def reference_rows(section: Any = None, prefix: str = "") -> list[tuple[str, str
     return rows
 
 
-def help_text(program: str) -> str:
+def help_text(program: str, cfg: Config | None = None) -> str:
+    """Usage, the presets and every key with its meaning: with its default, or its value in ``cfg``."""
     lines = [
         f"usage: {program} [PRESET] [key.sub=value ...]",
         "",
-        "PRESET is a YAML file or the name of one in configs/ (e.g. shakespeare_char).",
-        "Keys and defaults (a preset overrides defaults, command-line overrides win over both):",
+        f"PRESET is a YAML file or the name of one in configs/: {', '.join(preset_names())}.",
+        "Keys and defaults (a preset overrides defaults, command-line overrides win over both):"
+        if cfg is None
+        else "Keys and their values in this config:",
         "",
     ]
-    for key, tp, default, text in reference_rows():
-        lines.append(f"  {key} ({tp}, default {default})")
+    for key, tp, value, text in reference_rows(cfg):
+        lines.append(f"  {key} ({tp}, {'default' if cfg is None else 'value'} {value})")
         lines.append(f"      {text}")
     return "\n".join(lines)
 
@@ -622,9 +655,16 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
-    if "--markdown" in sys.argv:
+def main(argv: list[str]) -> int:
+    if "--markdown" in argv:
         print(markdown_table())
+    elif argv and not any(a in ("-h", "--help") for a in argv):
+        print(help_text("python -m gpt.config", load_config(argv)))
     else:
         print(__doc__)
         print(help_text("python -m gpt.config"))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -36,11 +36,14 @@ import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from gpt.errors import UserError
+
+if TYPE_CHECKING:  # torch loads where tensors are made: python -m gpt.prepare --help answers at once
+    import torch
 
 MAGIC = b"GPTTOKEN"
 VERSION = 1
@@ -327,6 +330,8 @@ def eval_window_starts(seed: int, split: int, n_windows: int, num_tokens: int, b
 
 def to_inputs_targets(windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows of block_size + 1 tokens -> inputs (B, T) and next-token targets (B, T)."""
+    import torch
+
     w = torch.from_numpy(windows)
     return w[:, :-1].contiguous(), w[:, 1:].contiguous()
 

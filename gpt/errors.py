@@ -1,5 +1,6 @@
 """The one exception type that reaches the user as a single line instead of a traceback."""
 
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -15,10 +16,16 @@ class UserError(Exception):
 
 def run_main(main: Callable[[list[str]], int]) -> NoReturn:
     """Run an entry point's ``main(argv)`` and exit with its code; a UserError becomes one line on
-    stderr and exit code 2."""
+    stderr and exit code 2. A reader that closes the pipe early (``| head``) ends the program quietly,
+    with the exit status of a Unix tool killed by SIGPIPE."""
     try:
         code = main(sys.argv[1:])
+        sys.stdout.flush()  # here, where a closed pipe can still be caught, not at interpreter exit
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2
+    except BrokenPipeError:
+        # stdout is closed: point it at /dev/null so that Python's final flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 128 + 13  # as a process killed by SIGPIPE
     sys.exit(code)

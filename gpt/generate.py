@@ -180,6 +180,16 @@ def generate_tokens(
             logits, _ = model(token[:, None], cache=cache)  # one new position
 
 
+def default_prompt(tokenizer: Tokenizer) -> str:
+    """What a sample starts from when no prompt is given: a newline, as in the lecture; for a
+    vocabulary without one, end-of-text (the empty prompt) or else the vocabulary's first token."""
+    try:
+        tokenizer.encode("\n")
+        return "\n"
+    except UserError:
+        return "" if tokenizer.eot_id is not None else tokenizer.decode([0])
+
+
 def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
     ids = tokenizer.encode(text)
     if not ids:

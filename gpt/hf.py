@@ -5,11 +5,13 @@
     python -m gpt.hf --help
 
 The export folder is a ``GPT2LMHeadModel`` (``config.json``, ``model.safetensors``) that
-``from_pretrained`` loads offline, plus tokenizer files for GPT-2 BPE models::
+``from_pretrained`` loads offline, plus tokenizer files: GPT-2's for GPT-2 BPE models, a
+character-level ``tokenizer.json`` for character models; ``AutoTokenizer`` loads either::
 
-    from transformers import GPT2LMHeadModel, GPT2TokenizerFast
+    from transformers import AutoTokenizer, GPT2LMHeadModel, pipeline
     model = GPT2LMHeadModel.from_pretrained("hf/finetune")
-    tokenizer = GPT2TokenizerFast.from_pretrained("hf/finetune")
+    tokenizer = AutoTokenizer.from_pretrained("hf/finetune")
+    pipeline("text-generation", model="hf/finetune")("ROMEO:", max_new_tokens=50)
 
 The other way, ``model.init_from=gpt2`` (a hub id, or a local checkpoint directory) starts training
 from pretrained GPT-2 weights (see ``configs/finetune_shakespeare.yaml``).
@@ -27,15 +29,18 @@ The bigram model has no GPT-2 counterpart and is refused. Needs the ``hf`` extra
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from gpt.config import ModelConfig
 from gpt.errors import UserError, run_main
-from gpt.tokenizer import ASSETS, Tokenizer
+from gpt.tokenizer import ASSETS, CharTokenizer, Tokenizer
+
+if TYPE_CHECKING:  # torch loads when a model is converted: --help answers at once
+    import torch
 
 # our GELU setting -> transformers' activation_function, and back
 ACTIVATION_OUT = {"exact": "gelu", "tanh": "gelu_new"}
@@ -124,7 +129,7 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
             out[theirs] = tensor.t().contiguous() if transposed else tensor
         elif ours.endswith(".bias") and not cfg.bias:
             width = state[ours[: -len("bias")] + "weight"].shape[0]  # a bias is as wide as the layer's output
-            out[theirs] = torch.zeros(width, dtype=state["wte.weight"].dtype)
+            out[theirs] = state["wte.weight"].new_zeros(width)
         else:
             raise UserError(f"the weights have no {ours!r}; they are not those of a model.kind=gpt model")
     out["transformer.wte.weight"] = state["wte.weight"][: cfg.vocab_size]  # without padding rows (pad_vocab_to)
@@ -156,29 +161,53 @@ def write_gpt2_tokenizer(folder: Path, max_length: int) -> None:
     tokenizer.save_pretrained(str(folder))
 
 
+def write_char_tokenizer(folder: Path, tokenizer: CharTokenizer, max_length: int) -> None:
+    """A character-level tokenizer that ``AutoTokenizer.from_pretrained`` loads (tokenizer.json in the
+    ``tokenizers`` format): every character is one token of a word-level vocabulary, decoding joins them,
+    and end-of-text, where the vocabulary has it, is the special token that ends and starts documents.
+    A character outside the vocabulary is an error there too (``tokenizers`` reports a missing [UNK])."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as RustTokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(tokenizer.chars)}
+    special = {}
+    if tokenizer.eot_id is not None:
+        vocab[tokenizer.EOT_TEXT] = tokenizer.eot_id
+        special = {"eos_token": tokenizer.EOT_TEXT, "bos_token": tokenizer.EOT_TEXT}
+    rust = RustTokenizer(models.WordLevel(vocab))
+    rust.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one token per character
+    rust.decoder = decoders.Fuse()  # characters joined as they are, no spaces between
+    fast = PreTrainedTokenizerFast(tokenizer_object=rust, model_max_length=max_length, **special)
+    fast.save_pretrained(str(folder))
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text()) | {"tokenizer_class": "PreTrainedTokenizerFast"}  # 4 and 5 know it
+    config_file.write_text(json.dumps(config, indent=2))
+
+
 def export(src: str | Path, out_dir: str | Path) -> float:
     """Write ``out_dir`` as a transformers GPT-2 from a run, checkpoint or export folder; returns the
     largest absolute difference between its logits and ours on a probe batch (checked below 1e-4)."""
-    from gpt.checkpoint import load_exported
+    from gpt import checkpoint as ckpt
 
     require_transformers()
-    model, tokenizer, _ = load_exported(src)
+    model, tokenizer, _ = ckpt.load_exported(src)
     check_exportable(model.cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf_model = to_hf(model, tokenizer.eot_id)
     hf_model.save_pretrained(str(out))
-    if tokenizer.identity == "gpt2":
-        write_gpt2_tokenizer(out, model.cfg.block_size)
+    os.chmod(out / "model.safetensors", ckpt.umask_file_mode())  # safetensors writes 0600
+    if isinstance(tokenizer, CharTokenizer):
+        write_char_tokenizer(out, tokenizer, model.cfg.block_size)
     else:
-        from gpt.tokenizer import save_tokenizer
-
-        save_tokenizer(tokenizer, out / "gpt_tokenizer.json")  # transformers has no class for it; see --help
+        write_gpt2_tokenizer(out, model.cfg.block_size)
     return max_logit_difference(model, out)
 
 
 def max_logit_difference(model: torch.nn.Module, hf_dir: Path) -> float:
     """Reload the export the way users will and compare logits with ours on a fixed random batch."""
+    import torch
     from transformers import GPT2LMHeadModel
 
     reloaded = GPT2LMHeadModel.from_pretrained(str(hf_dir), local_files_only=True).float().eval()
@@ -275,6 +304,8 @@ def adopt_architecture(cfg: ModelConfig, tokenizer: Tokenizer) -> str:
 
 def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Our parameter names and layouts for GPT-2 weights, position embeddings cropped to block_size."""
+    import torch
+
     state = {}
     for ours, theirs, transposed in name_pairs(cfg.n_layer):
         if theirs not in hf_state:
@@ -312,11 +343,6 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     diff = export(args.src, args.out)
     print(f"wrote a transformers GPT-2 to {args.out}; its logits match the source model's (max |diff| {diff:.1e})")
-    if not (Path(args.out) / "vocab.json").is_file():
-        print(
-            "character-level vocabulary: transformers has no tokenizer class for it, so it is saved as "
-            f"{Path(args.out) / 'gpt_tokenizer.json'}; encode and decode with gpt.tokenizer.load_tokenizer(path)"
-        )
     return 0
 
 

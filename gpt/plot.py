@@ -31,7 +31,9 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The logged records of a run, one per step, in step order.
 
     A run resumed from a checkpoint older than its last log line logs those steps again; the later
-    record of a step wins, so the curve shows what the resumed run did.
+    record of a step wins, so the curve shows what the resumed run did. The final evaluation (its
+    ``final/*`` metrics) is logged as a record of its own at the last step: it joins that step's
+    record instead of replacing it.
     """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
@@ -50,8 +52,26 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
                 continue  # a last line cut short by a crash
             raise UserError(f"{path} line {number} is not JSON") from None
         if "step" in record and "tokens" in record:
-            by_step[record["step"]] = record  # the later record of a step replaces the earlier one
+            step = record["step"]
+            if _is_final_evaluation(record):
+                by_step[step] = by_step.get(step, {}) | record
+            else:
+                by_step[step] = record  # the later record of a step replaces the earlier one
     return [by_step[s] for s in sorted(by_step)]
+
+
+def _is_final_evaluation(record: dict[str, Any]) -> bool:
+    metrics = [k for k in record if k not in ("step", "tokens")]
+    return bool(metrics) and all(k.startswith("final/") for k in metrics)
+
+
+def record_at_step(run_dir: str | Path, step: int) -> dict[str, Any]:
+    """What a run logged at ``step`` (its final evaluation included), without step and tokens;
+    empty when the run logged nothing there or has no metrics.jsonl."""
+    if not (Path(run_dir) / METRICS_FILE).is_file():
+        return {}
+    by_step = {r["step"]: r for r in read_metrics(run_dir)}
+    return {k: v for k, v in by_step.get(step, {}).items() if k not in ("step", "tokens")}
 
 
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:

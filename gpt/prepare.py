@@ -63,6 +63,10 @@ BUILTIN_DATASETS = {  # name -> (bundled text, tokenizer)
     "shakespeare_char": (ASSETS / "tinyshakespeare.txt", "char"),
     "shakespeare_gpt2": (ASSETS / "tinyshakespeare.txt", "gpt2"),
 }
+HUB_DATASETS = {  # name a preset trains on -> the arguments that prepare it from the Hugging Face hub
+    "fineweb10B": "--dataset HuggingFaceFW/fineweb --dataset_config sample-10BT --streaming --tokenizer gpt2 "
+    "--val_fraction 0.0005",
+}
 TABLE_KINDS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "tsv"}
 MANIFEST = "prepare.json"
 STAGING = ".incomplete"
@@ -679,9 +683,11 @@ def ensure_dataset(root: str | Path, name: str) -> Path:
         counts = prepare(source, folder, tokenizer, val_fraction=0.1, overwrite=True, progress=False)
         print(f"prepared {folder}: {counts['train']:,} train and {counts['val']:,} val tokens ({tokenizer})")
         return folder
+    source = HUB_DATASETS.get(name, "--input YOUR_TEXT.txt --tokenizer char")
+    also = "" if name in HUB_DATASETS else " (or --tokenizer gpt2)"
     raise UserError(
         f"no token files in {folder} (need train and val token files and tokenizer.json); prepare them with "
-        f"`python -m gpt.prepare --input YOUR_TEXT.txt --out {folder}`"
+        f"`python -m gpt.prepare {source} --out {folder}`{also}"
     )
 
 

@@ -29,7 +29,7 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin, Projec
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
-from gpt import fsdp, hf, perf
+from gpt import cpu, fsdp, hf, perf
 from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, DocumentStarts, TokenStream, eval_window_starts, split_files, to_inputs_targets
@@ -39,6 +39,7 @@ from gpt.hellaswag import InLoopTasks
 from gpt.mixture import Mixture, Source, describe_data, parse_mixture
 from gpt.model import build_model, num_params
 from gpt.optim import build_optimizer, set_lr
+from gpt.plot import record_at_step
 from gpt.prepare import ensure_dataset
 from gpt.schedule import check_schedule, lr_at
 from gpt.spike import SpikeGuard
@@ -199,11 +200,13 @@ def setup(cfg: Config) -> Run:
     t = cfg.train
     mode = wandb_mode(cfg.wandb.mode)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
+    on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    precision, precision_note = cpu.training_precision(t.mixed_precision, t.cpu_bf16, on_cpu)  # emulated bf16: fp32
     accelerator = Accelerator(
         # Several processes and no GPU: run them on CPU over gloo (accelerate's multi-process
         # launcher does not pass use_cpu from a config file on to the processes).
         cpu=launched > 1 and not torch.cuda.is_available(),
-        mixed_precision=None if t.mixed_precision == "auto" else t.mixed_precision,  # None: the launch's
+        mixed_precision=precision,  # None: the launch's
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1, sync_with_dataloader=False),
         log_with="wandb" if mode != "disabled" else None,
         project_config=ProjectConfiguration(project_dir=cfg.out_dir, automatic_checkpoint_naming=False),
@@ -211,6 +214,8 @@ def setup(cfg: Config) -> Run:
         step_scheduler_with_optimizer=False,
         fsdp_plugin=fsdp.accelerate_plugin() if fsdp.fsdp_requested() else None,  # one unit per Block
     )
+    if precision_note:
+        print0(accelerator, precision_note)
     if accelerator.num_processes != launched:
         raise UserError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}")
     check_schedule(t)
@@ -559,7 +564,8 @@ def train(cfg: Config) -> TrainResult:
                             f"{t.max_steps}); raise train.max_steps to train further")  # fmt: skip
         accelerator.end_training()
         unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-        return TrainResult(run.start_step, run.resumed_metrics, unwrapped, accelerator.is_main_process)
+        done = run.resumed_metrics | record_at_step(cfg.out_dir, run.start_step)  # with the final evaluation
+        return TrainResult(run.start_step, done, unwrapped, accelerator.is_main_process)
     if accelerator.is_main_process:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -590,7 +596,7 @@ def train(cfg: Config) -> TrainResult:
             boundary = step == t.max_steps or budget.spent
             evaluating = step % t.eval_interval == 0 or boundary
             record: dict[str, Any] = {}
-            if step % t.log_interval == 0 or boundary:
+            if step % t.log_interval == 0 or boundary or step == 1:  # step 1: a first line at once
                 # The exact mean over every micro-batch of every process (each has the same token count).
                 loss_mean = accelerator.reduce(step_loss / run.accum, reduction="mean").item()
                 elapsed = time.perf_counter() - timer_start
@@ -619,7 +625,7 @@ def train(cfg: Config) -> TrainResult:
             if record:
                 record |= {"step": step, "tokens": step * tokens_per_step}
                 last |= record
-                log(accelerator, progress, metrics_log, record)
+                log(accelerator, progress, metrics_log, record, next_line_note(step, record, t))
             if evaluating:
                 tracking.after_eval(step)
             saving = step % t.checkpoint_interval == 0 or boundary or stopping
@@ -669,7 +675,16 @@ def make_progress(accelerator: Accelerator, start: int, total: int):
     return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True)
 
 
-def log(accelerator: Accelerator, progress, metrics_log: MetricsLog, record: dict[str, Any]) -> None:
+def next_line_note(step: int, record: dict[str, Any], t: TrainConfig) -> str:
+    """After step 1, when the next log line is more than a few seconds away: when it will come."""
+    if step != 1 or "step_ms" not in record:
+        return ""
+    next_step = min(t.log_interval, t.max_steps)
+    wait_s = record["step_ms"] / 1000 * (next_step - step)
+    return f"next line at step {next_step}, in about {wait_s:.0f} s" if wait_s >= 10 else ""
+
+
+def log(accelerator: Accelerator, progress, metrics_log: MetricsLog, record: dict[str, Any], note: str = "") -> None:
     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
     metrics_log.write(record)
     if not accelerator.is_main_process:
@@ -689,7 +704,7 @@ def log(accelerator: Accelerator, progress, metrics_log: MetricsLog, record: dic
     ):
         if key in record:
             parts.append(fmt.format(record[key]))
-    line = " | ".join(parts)
+    line = " | ".join(parts + ([note] if note else []))
     if progress.disable:
         print(line, flush=True)
     else:

@@ -1,11 +1,14 @@
 """Each bad input gives one clear line on stderr, a non-zero exit, and no traceback."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from gpt.prepare import main as prepare_main
 
-from conftest import TINY, run_script
+from conftest import ROOT, TINY, env, run_script
 
 
 def assert_clean_error(r, *fragments):
@@ -78,7 +81,45 @@ def test_prompt_with_unknown_characters(tmp_path):
 def test_sample_without_checkpoint(tmp_path):
     (tmp_path / "empty").mkdir()
     r = run_script("sample.py", "--out_dir", str(tmp_path / "empty"))
-    assert_clean_error(r, "no checkpoint in", "train first")
+    assert_clean_error(r, "no checkpoint in", f"train first (python train.py out_dir={tmp_path / 'empty'})")
+    (tmp_path / "out" / "shakespeare_char").mkdir(parents=True)  # the preset's out_dir: its command is named
+    r = run_script("sample.py", "--out_dir", "out/shakespeare_char", cwd=tmp_path)
+    assert_clean_error(r, "train first (python train.py shakespeare_char)")
+
+
+def test_hf_export_errors_name_no_flag_it_does_not_take(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "gpt.hf", str(tmp_path / "missing"), str(tmp_path / "hf")],
+        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert_clean_error(r, f"{tmp_path / 'missing'} does not exist")
+    assert "--out_dir" not in r.stderr
+
+
+def test_a_bad_flag_is_called_a_flag(tmp_path):
+    r = run_script("sample.py", "--num_samples", "many")
+    assert_clean_error(r, "flag '--num_samples' expects an integer")
+    assert "config key" not in r.stderr
+
+
+def test_default_prompt_fits_a_vocabulary_without_a_newline(tmp_path):
+    from gpt.tokenizer import CharTokenizer
+
+    export = fake_export(tmp_path, CharTokenizer("abc "))
+    r = run_script("sample.py", "--out_dir", str(export), "--max_new_tokens", "5", "--num_samples", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("--- sample 1 of 1 ---\n") and len(r.stdout.splitlines()[1]) == 6  # a + 5 new
+
+
+def test_a_closed_pipe_ends_the_output_quietly(tmp_path):
+    from gpt.tokenizer import CharTokenizer
+
+    export = fake_export(tmp_path, CharTokenizer("abc \n"))
+    cmd = [sys.executable, str(ROOT / "sample.py"), "--out_dir", str(export), "--max_new_tokens", "50"]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # as `| head` does once it has its lines; here before the first one
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and stderr == ""
 
 
 def test_corrupt_weights_are_named(tmp_path):

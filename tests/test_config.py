@@ -95,3 +95,28 @@ def test_cpu_threads_share_the_cores_over_the_processes_of_a_machine():
     assert 1 <= cpu_threads(0, local_processes=1) <= cores
     assert cpu_threads(0, local_processes=1) >= cpu_threads(0, local_processes=2) >= 1
     assert cpu_threads(0, local_processes=10 * cores) == 1
+
+
+def test_config_command_shows_the_values_of_the_preset_it_is_given(capsys):
+    from gpt.config import main
+
+    assert main(["shakespeare_char", "train.max_steps=7"]) == 0
+    shown = capsys.readouterr().out
+    preset = load_config(["shakespeare_char"])
+    assert (
+        f"model.n_layer (int, value {preset.model.n_layer})" in shown and preset.model.n_layer != Config().model.n_layer
+    )
+    assert "train.max_steps (int, value 7)" in shown
+
+
+def test_presets_named_in_train_help_exist():
+    import subprocess
+    import sys
+
+    from gpt.config import preset_names
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "train.py", "--help"], cwd=root, capture_output=True, text=True, timeout=60)
+    named = set(re.findall(r"train\.py ([A-Za-z]\w*)(?=\s)", r.stdout))  # train.py PRESET, not key=value
+    assert named and named <= set(preset_names()), named - set(preset_names())
+    assert ", ".join(preset_names()) in r.stdout

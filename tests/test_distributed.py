@@ -147,12 +147,13 @@ def test_two_machines_on_loopback_train_the_same_model(config, one_process, data
 
 @pytest.mark.slow
 def test_bf16_on_cpu_trains_and_every_rank_ends_with_the_same_weights(tmp_path, data_root):
-    """bf16 from the launch (train.mixed_precision=auto takes it), over two processes."""
+    """bf16 from the launch (train.mixed_precision=auto takes it), over two processes; kept on CPUs where
+    bf16 is emulated too (train.cpu_bf16=always), so that every machine tests bf16."""
     out = tmp_path / "bf16"
     r = accelerate_launch(
         "--config_file", CPU_CONFIG, "--num_processes", "2", "--main_process_port", str(free_port()),
         "--mixed_precision", "bf16", str(HELPERS / "train_and_fingerprint.py"), *TINY, "train.micro_batch_size=2",
-        f"data.root={data_root}", "data.dataset=tiny", f"out_dir={out}", cwd=tmp_path,
+        f"data.root={data_root}", "data.dataset=tiny", f"out_dir={out}", "train.cpu_bf16=always", cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, output(r)
     assert "2 process(es) on cpu, mixed precision bf16" in r.stdout and "x 2 accumulation steps" in r.stdout

@@ -29,3 +29,23 @@ def test_docstring_shows_how_to_run_it_and_help_prints_it(command, source):
     )
     assert r.returncode == 0, r.stderr
     assert usage_lines[0] in r.stdout
+
+
+HELP_COMMANDS = [*ENTRY_POINTS, ("-m", "gpt.bench")]
+EVALUATE = pytest.param(
+    ("-m", "gpt.evaluate"),
+    marks=pytest.mark.xfail(strict=True, reason="gpt/evaluate.py imports torch at module level"),
+    id="gpt.evaluate",
+)
+
+
+@pytest.mark.parametrize("command", [*HELP_COMMANDS, EVALUATE], ids=[" ".join(c) for c in HELP_COMMANDS] + [None])
+def test_help_answers_before_torch_loads(command):
+    # torch takes seconds to import; --help is asked of a command before anything else
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", *command, "--help"], cwd=ROOT, env=env(), capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0 and r.stdout, r.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported

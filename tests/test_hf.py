@@ -1,7 +1,6 @@
 """transformers interop: export to GPT-2 and start from GPT-2, checked on logits. Offline: the GPT-2
 models here are small, randomly initialised and saved to temporary folders."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from gpt.config import ModelConfig, load_config
 from gpt.errors import UserError
 from gpt.model import build_model
 from gpt.prepare import prepare_text
-from gpt.tokenizer import GPT2Tokenizer, make_tokenizer
+from gpt.tokenizer import CharTokenizer, GPT2Tokenizer, make_tokenizer
 
 from conftest import ROOT, TINY, env, run_script
 
@@ -117,14 +116,26 @@ def test_export_command_writes_a_gpt2_that_loads_offline_with_its_tokenizer(tmp_
         assert (ours(batch)[0] - model(batch).logits).abs().max().item() < 1e-5
 
 
-def test_character_model_exports_its_vocabulary_beside_the_gpt2(tmp_path):
+@pytest.mark.parametrize("text", ["abcdefgh \n", None], ids=["one document", "with end-of-text"])
+def test_character_model_exports_a_tokenizer_that_auto_classes_and_the_pipeline_load(tmp_path, text):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
     src, out = tmp_path / "model", tmp_path / "hf"
-    tokenizer = make_tokenizer("char", "abcdefgh \n")
+    tokenizer = make_tokenizer("char", text) if text else CharTokenizer("abcdefgh \n", eot=True)
     write_our_export(src, tokenizer, tokenizer.vocab_size)
     hf.export(src, out)
-    assert json.loads((out / "gpt_tokenizer.json").read_text())["chars"] == tokenizer.chars
-    assert not (out / "vocab.json").exists()
-    assert GPT2LMHeadModel.from_pretrained(str(out), local_files_only=True).config.vocab_size == 10
+    loaded = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    prompt = "hag be\nfed"
+    assert loaded(prompt)["input_ids"] == tokenizer.encode(prompt) and loaded.decode(tokenizer.encode(prompt)) == prompt
+    assert len(loaded) == tokenizer.vocab_size and not (out / "vocab.json").exists()
+    if tokenizer.eot_id is not None:
+        assert loaded.eos_token_id == tokenizer.eot_id and loaded.decode([tokenizer.eot_id]) == tokenizer.EOT_TEXT
+    assert AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).config.vocab_size == len(loaded)
+    generate = pipeline("text-generation", model=str(out), device="cpu")  # the folder alone, as users give it
+    (result,) = generate("bad", max_new_tokens=5, do_sample=False)
+    assert result["generated_text"].startswith("bad") and len(result["generated_text"]) >= len("bad") + 1
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == ckpt.umask_file_mode()  # not safetensors' 0600
+    assert (src / "model.safetensors").stat().st_mode & 0o777 == ckpt.umask_file_mode()
 
 
 @pytest.mark.parametrize("part", [{"position": "rope"}, {"norm": "rmsnorm"}, {"mlp": "relu2"}, {"tie_head": False}])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gpt.errors import UserError
-from gpt.plot import plot_runs, read_metrics
+from gpt.plot import plot_runs, read_metrics, record_at_step
 
 from conftest import ROOT, env
 
@@ -49,6 +49,29 @@ def test_a_resumed_run_shows_the_later_record_of_a_step(tmp_path):
          {"step": 20, "tokens": 20, "train/loss": 2.0}, {"step": 30, "tokens": 30, "train/loss": 1.0}],
     )  # fmt: skip
     assert [r["train/loss"] for r in read_metrics(run)] == [3.0, 2.0, 1.0]
+
+
+def short_run(folder: Path) -> Path:
+    """What a 3-step run with the default intervals writes: one record at its last step (train loss
+    and evaluation), then the final evaluation's record at the same step."""
+    final = {"final/val/loss": 3.5, "final/val/perplexity": 33.1, "final/val/bits_per_byte": 5.0}
+    return write_run(
+        folder,
+        [{"train/loss": 4.0, "lr": 1e-4, "eval/train/loss": 3.9, "eval/val/loss": 3.95, "step": 3, "tokens": 6144},
+         final | {"step": 3, "tokens": 6144}],
+    )  # fmt: skip
+
+
+def test_the_final_evaluation_joins_the_last_step_instead_of_replacing_it(tmp_path):
+    (record,) = read_metrics(short_run(tmp_path / "short"))
+    assert record["train/loss"] == 4.0 and record["eval/val/loss"] == 3.95 and record["final/val/loss"] == 3.5
+    assert record_at_step(tmp_path / "short", 3)["final/val/bits_per_byte"] == 5.0
+    assert record_at_step(tmp_path / "short", 4) == {} and record_at_step(tmp_path / "none", 3) == {}
+    fig = plot_runs([tmp_path / "short", fake_run(tmp_path / "long")], tmp_path / "both.png")
+    (ax,) = [ax for ax in fig.axes if ax.get_legend() is not None]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["short: train", "short: val", "long: train", "long: val"]
+    assert list(ax.lines[1].get_ydata()) == [3.95]
 
 
 def test_a_run_without_metrics_is_one_clear_error(tmp_path):

@@ -396,3 +396,13 @@ def test_gpt2_124m_preset_is_the_reproduction_setup():
     with torch.device("meta"):
         model = build_model(cfg.model)
     assert round(sum(p.numel() for p in model.parameters()) / 1e6) == 124
+
+
+def test_missing_hub_data_of_a_preset_names_the_hub_command(tmp_path):
+    from gpt.config import load_config
+
+    dataset = load_config(["gpt2_124m_fineweb"]).data.dataset
+    with pytest.raises(UserError) as e:
+        ensure_dataset(tmp_path, dataset)
+    assert "python -m gpt.prepare --dataset HuggingFaceFW/fineweb --dataset_config sample-10BT" in str(e.value)
+    assert "--tokenizer gpt2" in str(e.value) and "--input" not in str(e.value)

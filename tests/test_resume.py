@@ -162,4 +162,7 @@ def test_running_a_finished_run_again_does_nothing(uninterrupted, tmp_path):
     r = run_script("train.py", *args, f"out_dir={out}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "already trained to step 20" in r.stdout
+    rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    (final,) = [row["final/val/loss"] for row in rows if "final/val/loss" in row]
+    assert f"val loss {final:.4f}" in r.stdout  # what the run printed when it finished, not a periodic estimate
     assert losses(out) == losses(reference) and latest_checkpoint(out).name == "step-0000020"

@@ -47,10 +47,24 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint(trained):
     out, r = trained
     logged = metrics(out)
     losses = [m["train/loss"] for m in logged if "train/loss" in m]
-    assert [m["step"] for m in logged if "train/loss" in m] == [5, 10, 15, 20]
+    assert [m["step"] for m in logged if "train/loss" in m] == [1, 5, 10, 15, 20]  # step 1: a first line at once
     assert losses[-1] < losses[0] - 0.3
     assert latest_checkpoint(out).name == "step-0000020"
     assert "accumulation steps" in r.stdout and "wandb sync" in r.stdout
+    assert "\nstep 1 | loss " in r.stdout  # the first step's line, before log_interval steps have run
+
+
+def test_a_slow_first_step_says_when_the_next_line_comes():
+    from gpt.config import TrainConfig
+    from gpt.trainer import next_line_note
+
+    t = TrainConfig(log_interval=50, max_steps=1500)
+    assert next_line_note(1, {"step_ms": 2000.0}, t) == "next line at step 50, in about 98 s"
+    assert next_line_note(1, {"step_ms": 100.0}, t) == ""  # 5 s away: no note
+    assert next_line_note(50, {"step_ms": 2000.0}, t) == ""
+    assert next_line_note(1, {"step_ms": 2000.0}, TrainConfig(log_interval=50, max_steps=20)).startswith(
+        "next line at step 20,"
+    )
 
 
 def test_export_loads_into_a_plain_model(trained):
@@ -168,7 +182,7 @@ def test_resume_continues_from_the_latest_checkpoint(trained, data_root, tmp_pat
     )
     assert r.returncode == 0, r.stderr
     assert "resumed from" in r.stdout and "at step 20" in r.stdout
-    assert [m["step"] for m in metrics(out) if "train/loss" in m] == [5, 10, 15, 20, 25, 30]
+    assert [m["step"] for m in metrics(out) if "train/loss" in m] == [1, 5, 10, 15, 20, 25, 30]
     runs = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len({wandb_offline.run_id(p) for p in runs}) == 1  # one W&B run, continued
     assert latest_checkpoint(out).name == "step-0000030"
