@@ -152,8 +152,12 @@ def begin_save(out_dir: str | Path, step: int) -> Path:
 
 def umask_file_mode() -> int:
     """The mode a new file gets under this process's umask (0o644 under the usual 022)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    try:  # Linux reports the umask; reading it with os.umask would briefly change it for every thread
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
     return 0o666 & ~mask
 
 
