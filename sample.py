@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gpt.config import SampleConfig, parse_flags
 from gpt.errors import UserError, run_main
-from gpt.generate import check_options, encode_prompt, load, resolve_context_mode, sample_ids
+from gpt.generate import check_options, complete_prefix, encode_prompt, load, resolve_context_mode, sample_ids
 
 
 def read_prompt(start: str) -> str:
@@ -32,12 +32,6 @@ def read_prompt(start: str) -> str:
         raise UserError(f"prompt file {path} is a directory; give a text file") from None
     except UnicodeDecodeError as e:
         raise UserError(f"prompt file {path} is not UTF-8 (byte offset {e.start})") from None
-
-
-def complete_prefix(text: str) -> str:
-    """The text without trailing replacement characters: a BPE token can end inside a UTF-8 character,
-    which the next token completes, so the end of a partial decode is held back until it is whole."""
-    return text.rstrip("\ufffd")
 
 
 def main(argv: list[str]) -> int:
