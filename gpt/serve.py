@@ -1,0 +1,428 @@
+"""Serve a trained model behind an OpenAI-compatible completions API (needs the ``serve`` extra).
+
+    python -m gpt.serve                                  # out/default on http://127.0.0.1:8000
+    python -m gpt.serve --out_dir out/shakespeare_char --port 8080 --max_batch 32
+    python -m gpt.serve --help                           # every option
+
+Endpoints: POST /v1/completions (OpenAI's completions API, streamed as server-sent events with
+"stream": true; "top_k" is an extension), GET /v1/models, GET /health. Tokens are drawn by the
+code sample.py uses (gpt.generate), so a request gets the text ``sample.py`` prints for the same
+prompt, options and seed, whatever else the server is doing. How requests are batched: gpt.batching.
+
+There is no authentication: the server listens on loopback unless --host says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import math
+import random
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+try:
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+except ImportError:  # one line, as for any other bad setup (gpt.errors)
+    print("error: serving needs the serve extra: pip install -e '.[serve]'", file=sys.stderr)
+    sys.exit(2)
+
+from gpt.batching import Batcher, Job
+from gpt.config import ServeConfig, parse_flags
+from gpt.errors import UserError, run_main
+from gpt.generate import complete_prefix, encode_prompt, load, resolve_context_mode
+from gpt.tokenizer import Tokenizer
+
+MAX_STOPS = 4  # as OpenAI's API
+UNSUPPORTED = {  # request fields this server does not implement -> the values that mean "not used"
+    "echo": (None, False),
+    "logprobs": (None,),
+    "suffix": (None,),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+}
+
+
+class RequestError(Exception):
+    """A bad request: HTTP 400 with an OpenAI-style error body naming the parameter."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+def error_response(message: str, status: int, kind: str, param: str | None = None, code: str | None = None):
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+# ----------------------------------------------------------------------------------------------
+# The request
+
+
+@dataclass
+class CompletionRequest:
+    prompts: list[str]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    n: int
+    stop: list[str]
+    seed: int | None
+    stream: bool
+    include_usage: bool
+
+
+def _number(body: dict, name: str, default: Any, integer: bool) -> Any:
+    value = body.get(name)
+    if value is None:
+        return default
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}, got {value!r}", name)
+    return value
+
+
+def _in_range(name: str, value: float, ok: bool, wanted: str) -> None:
+    if not ok:
+        raise RequestError(f"'{name}' must be {wanted}, got {value!r}", name)
+
+
+def _strings(body: dict, name: str, required: bool) -> list[str]:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise RequestError(f"'{name}' is required: a string or a list of strings", name)
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise RequestError(f"'{name}' must be a string or a non-empty list of strings", name)
+    return value
+
+
+def parse_request(body: Any, model_name: str, max_batch: int, max_tokens_limit: int) -> CompletionRequest:
+    """The options of a completions request, or a RequestError naming the first bad one."""
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and model != model_name:
+        raise RequestError(f"unknown model {model!r}; this server serves {model_name!r}", "model", "model_not_found")
+    for name, unused in UNSUPPORTED.items():
+        if name in body and body[name] not in unused:
+            raise RequestError(f"'{name}' is not supported by this server; leave it out", name)
+    prompts = _strings(body, "prompt", required=True)
+    max_tokens = _number(body, "max_tokens", 16, integer=True)
+    _in_range("max_tokens", max_tokens, 0 <= max_tokens <= max_tokens_limit, f"between 0 and {max_tokens_limit}")
+    temperature = _number(body, "temperature", 1.0, integer=False)
+    _in_range("temperature", temperature, temperature >= 0, ">= 0 (0 is greedy)")
+    top_p = _number(body, "top_p", 1.0, integer=False)
+    _in_range("top_p", top_p, 0 < top_p <= 1, "in (0, 1]")
+    top_k = _number(body, "top_k", 0, integer=True)
+    _in_range("top_k", top_k, top_k >= 0, ">= 0 (0 disables it)")
+    n = _number(body, "n", 1, integer=True)
+    _in_range("n", n, 1 <= n <= max_batch, f"between 1 and {max_batch} (the server's --max_batch)")
+    best_of = _number(body, "best_of", n, integer=True)
+    _in_range("best_of", best_of, best_of == n, "left out or equal to n (it is not supported otherwise)")
+    seed = _number(body, "seed", None, integer=True)
+    if seed is not None:
+        _in_range("seed", seed, -(2**63) <= seed < 2**64, "a 64-bit integer")
+    stop = _strings(body, "stop", required=False)
+    _in_range("stop", stop, len(stop) <= MAX_STOPS and all(stop), f"at most {MAX_STOPS} non-empty strings")
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise RequestError(f"'stream' must be true or false, got {stream!r}", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise RequestError("'stream_options' must be an object like {\"include_usage\": true}", "stream_options")
+    include_usage = stream and options.get("include_usage", False)
+    return CompletionRequest(prompts, max_tokens, temperature, top_p, top_k, n, stop, seed, stream, include_usage)
+
+
+# ----------------------------------------------------------------------------------------------
+# The text of one choice, as its tokens arrive
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest end of ``text`` that may be the start of a stop string."""
+    return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])), default=0)
+
+
+class ChoiceText:
+    """The text of one sample, cut at end-of-text or before the first stop string.
+
+    ``add`` returns the text a new token makes final. Held back until later tokens decide: the end
+    of an unfinished UTF-8 character and an end that may be the start of a stop string. So the
+    pieces of a stream join to the text of the same request not streamed.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stops: list[str]):
+        self.tokenizer, self.stops = tokenizer, stops
+        self.ids: list[int] = []
+        self.text = ""  # final so far
+        self.tokens = 0  # tokens drawn for this sample (usage)
+        self.finish_reason: str | None = None
+
+    def add(self, token: int) -> str:
+        if self.finish_reason is not None:
+            return ""
+        self.tokens += 1
+        if token == self.tokenizer.eot_id:
+            return self._finish("stop", self.tokenizer.decode(self.ids))
+        self.ids.append(token)
+        full = self.tokenizer.decode(self.ids)
+        found = [i for i in (full.find(s) for s in self.stops) if i >= 0]
+        if found:
+            return self._finish("stop", full[: min(found)])
+        final = complete_prefix(full)
+        return self._extend(final[: len(final) - held_back(final, self.stops)])
+
+    def end(self) -> str:
+        """No more tokens come (max_tokens reached): everything held back is final."""
+        if self.finish_reason is not None:
+            return ""
+        return self._finish("length", self.tokenizer.decode(self.ids))
+
+    def _finish(self, reason: str, text: str) -> str:
+        self.finish_reason = reason
+        return self._extend(text)
+
+    def _extend(self, text: str) -> str:
+        new, self.text = text[len(self.text) :], text
+        return new
+
+
+# ----------------------------------------------------------------------------------------------
+# One request in flight
+
+
+class JobFailed(Exception):
+    pass
+
+
+class Completion:
+    """The jobs of one request (one per prompt) and the texts of its choices (n per prompt)."""
+
+    def __init__(self, server: Server, req: CompletionRequest, prompt_ids: list[list[int]]):
+        self.server, self.req = server, req
+        self.id = f"cmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.prompt_tokens = sum(len(ids) for ids in prompt_ids)
+        self.choices = [ChoiceText(server.tokenizer, req.stop) for _ in range(len(prompt_ids) * req.n)]
+        self.events: asyncio.Queue[tuple[int, str, Any]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        seed = req.seed if req.seed is not None else random.randrange(2**63)
+        self.jobs = [
+            Job(ids, req.n, req.max_tokens, req.temperature, req.top_k, req.top_p, seed, partial(self._emit, loop, i))
+            for i, ids in enumerate(prompt_ids)
+        ]
+        self.open = [True] * len(self.jobs)
+        for job in self.jobs:
+            server.batcher.submit(job)
+
+    def _emit(self, loop: asyncio.AbstractEventLoop, job: int, kind: str, data: Any) -> None:
+        """Called from the decoding thread: hand the event to the event loop."""
+        loop.call_soon_threadsafe(self.events.put_nowait, (job, kind, data))
+
+    def cancel(self) -> None:
+        for job in self.jobs:
+            job.cancelled = True
+
+    async def updates(self, request: Request | None = None) -> AsyncIterator[list[tuple[int, str, str | None]]]:
+        """(choice index, new text, finish reason or None) for the choices an event moved on."""
+        while any(self.open):
+            job, kind, data = await self._next_event(request)
+            if not self.open[job]:
+                continue
+            if kind == "error":
+                raise JobFailed(data)
+            first = job * self.req.n
+            mine = range(first, first + self.req.n)
+            if kind == "tokens":
+                texts = [self.choices[c].add(token) for c, token in zip(mine, data, strict=True)]
+            else:  # "end": max_tokens reached
+                texts = [self.choices[c].end() for c in mine]
+            if all(self.choices[c].finish_reason for c in mine):
+                self.open[job] = False
+                self.jobs[job].cancelled = True  # every sample stopped: free its rows now
+            yield [(c, text, self.choices[c].finish_reason) for c, text in zip(mine, texts, strict=True)]
+
+    async def _next_event(self, request: Request | None) -> tuple[int, str, Any]:
+        while True:
+            try:
+                return await asyncio.wait_for(self.events.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if request is not None and await request.is_disconnected():
+                    raise ConnectionAbortedError("the client went away") from None
+
+    def usage(self) -> dict:
+        completion_tokens = sum(c.tokens for c in self.choices)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        }
+
+    def body(self, choices: list[dict], usage: dict | None) -> dict:
+        body = {
+            "id": self.id, "object": "text_completion", "created": self.created, "model": self.server.model_name,
+            "choices": choices,
+        }  # fmt: skip
+        if usage is not None:
+            body["usage"] = usage
+        return body
+
+    async def whole(self, request: Request) -> dict:
+        async for _ in self.updates(request):
+            pass
+        choices = [
+            {"text": c.text, "index": i, "logprobs": None, "finish_reason": c.finish_reason}
+            for i, c in enumerate(self.choices)
+        ]
+        return self.body(choices, self.usage())
+
+    async def sse(self) -> AsyncIterator[str]:
+        """Server-sent events as OpenAI streams completions: a chunk per choice that moved on, then [DONE]."""
+        try:
+            async for moved in self.updates():
+                for index, text, reason in moved:
+                    if text or reason:
+                        choice = {"text": text, "index": index, "logprobs": None, "finish_reason": reason}
+                        yield _event(self.body([choice], None))
+        except JobFailed as e:
+            yield _event({"error": {"message": str(e), "type": "server_error", "param": None, "code": None}})
+            return
+        if self.req.include_usage:
+            yield _event(self.body([], self.usage()))
+        yield "data: [DONE]\n\n"
+
+
+def _event(body: dict) -> str:
+    return f"data: {json.dumps(body)}\n\n"
+
+
+class CompletionStream(StreamingResponse):
+    """A streamed completion whose jobs are cancelled however the stream ends (a client that
+    disconnects frees its rows at the next step)."""
+
+    def __init__(self, completion: Completion):
+        super().__init__(completion.sse(), media_type="text/event-stream")
+        self.completion = completion
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.completion.cancel()
+
+
+# ----------------------------------------------------------------------------------------------
+# The application
+
+
+class Server:
+    def __init__(self, cfg: ServeConfig, model, tokenizer: Tokenizer, model_name: str):
+        self.cfg, self.tokenizer, self.model_name = cfg, tokenizer, model_name
+        self.batcher = Batcher(model, cfg.max_batch, resolve_context_mode(model, cfg.context_mode))
+        self.created = int(time.time())
+
+    def encode(self, prompts: list[str]) -> list[list[int]]:
+        try:
+            return [encode_prompt(self.tokenizer, p) for p in prompts]
+        except UserError as e:
+            raise RequestError(f"prompt: {e}", "prompt") from None
+
+    async def completions(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RequestError("the request body is not valid JSON") from None
+        req = parse_request(body, self.model_name, self.cfg.max_batch, self.cfg.max_tokens)
+        completion = Completion(self, req, self.encode(req.prompts))
+        if req.stream:
+            return CompletionStream(completion)
+        try:
+            return JSONResponse(await completion.whole(request))
+        except JobFailed as e:
+            return error_response(str(e), 500, "server_error")
+        finally:
+            completion.cancel()
+
+    async def models(self, request: Request) -> Response:
+        model = {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "gpt"}
+        return JSONResponse({"object": "list", "data": [model]})
+
+    async def health(self, request: Request) -> Response:
+        alive = self.batcher.alive()
+        body = {"status": "ok" if alive else "decoder stopped", "model": self.model_name}
+        body["rows_in_flight"] = self.batcher.rows_in_flight()
+        return JSONResponse(body, status_code=200 if alive else 503)
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
+        ]
+        handlers = {RequestError: _bad_request, HTTPException: _http_error, Exception: _server_error}
+        return Starlette(routes=routes, exception_handlers=handlers, lifespan=self.lifespan)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        yield
+        self.batcher.close()
+
+
+async def _bad_request(request: Request, e: RequestError) -> Response:
+    return error_response(str(e), 400, "invalid_request_error", e.param, e.code)
+
+
+async def _http_error(request: Request, e: HTTPException) -> Response:
+    return error_response(f"{request.method} {request.url.path}: {e.detail}", e.status_code, "invalid_request_error")
+
+
+async def _server_error(request: Request, e: Exception) -> Response:
+    return error_response(f"internal error ({type(e).__name__}); see the server log", 500, "server_error")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_flags(ServeConfig, argv, "python -m gpt.serve", __doc__)
+    if cfg.max_batch < 1 or cfg.max_tokens < 1:
+        raise UserError(f"--max_batch and --max_tokens must be >= 1, got {cfg.max_batch} and {cfg.max_tokens}")
+    import uvicorn
+
+    model, tokenizer, _ = load(cfg.out_dir, cfg.device, cfg.dtype)
+    name = cfg.model_name or Path(cfg.out_dir).resolve().name
+    server = Server(cfg, model, tokenizer, name)
+    if not is_loopback(cfg.host):
+        print(f"warning: listening on {cfg.host}: other machines can use this model, without authentication")
+    print(f"serving {name!r} on http://{cfg.host}:{cfg.port}/v1 (POST /v1/completions, GET /v1/models, GET /health)")
+    uvicorn.run(server.app(), host=cfg.host, port=cfg.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
