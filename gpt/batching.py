@@ -6,11 +6,14 @@ a job do not depend on which other jobs share its batch.
 
 How jobs are batched. Rows in one forward pass must share the length of the key/value cache, so
 jobs whose prompts have the same length in tokens (after cropping to block_size) start together as
-one ``BatchDecoder``, a *cohort*. Jobs that arrive while cohorts are decoding start at the next step
-in new cohorts; every step, each cohort advances by one token, so a short request is never queued
-behind a long one. A job leaves its cohort when it has its tokens, when its consumer cancels it (a
-client that disconnected, every sample stopped), or when its cohort fails; the others go on. At most
-``max_batch`` rows are decoded at a time (the memory bound); jobs beyond wait in arrival order.
+one ``BatchDecoder``, a *cohort* (a batch). Jobs that arrive while cohorts are decoding start at the
+next step in new cohorts, up to ``max_batches`` cohorts; every step, each cohort advances by one
+token, so a short request is not queued behind a long one. With ``max_batches`` cohorts running,
+new jobs wait for one to end, then start together: fewer, larger forward passes (1: batch after
+batch, the most throughput; more: new requests start sooner). A job leaves its cohort when it has
+its tokens, when its consumer cancels it (a client that disconnected, every sample stopped), or
+when its cohort fails; the others go on. At most ``max_batch`` rows are decoded at a time (the
+memory bound). Jobs wait in arrival order.
 
 The limits: prompts of different lengths are decoded in separate forward passes (no padding), and
 a cohort's rows stay in its batch until they finish (later jobs never join a running cohort).
@@ -55,15 +58,20 @@ class Cohort:
 class Batcher:
     """Queue of jobs and the thread that decodes them (see the module doc)."""
 
-    def __init__(self, model: torch.nn.Module, max_batch: int, context_mode: ContextMode = "auto"):
+    def __init__(
+        self, model: torch.nn.Module, max_batch: int, max_batches: int = 4, context_mode: ContextMode = "auto"
+    ):
         self.model = model
         self.max_batch = max_batch
+        self.max_batches = max_batches
         self.context_mode = context_mode
         self.device = next(model.parameters()).device
         self.incoming: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self.waiting: list[Job] = []  # taken from the queue, not yet admitted (no room)
         self.cohorts: list[Cohort] = []
         self.closing = False
+        self.forward_passes = 0  # decoding steps run, one forward pass each, and the rows they decoded:
+        self.rows_decoded = 0  # their ratio is the mean batch
         self.thread = threading.Thread(target=self._run, name="gpt-decoder", daemon=True)
         self.thread.start()
 
@@ -101,15 +109,18 @@ class Batcher:
         """Start the waiting jobs that fit, in arrival order, one cohort per prompt length."""
         room = self.max_batch - self.rows_in_flight()
         admitted: dict[int, list[Job]] = {}
-        while self.waiting and (self.waiting[0].n <= room or room == self.max_batch):
-            job = self.waiting.pop(0)
+        while self.waiting and self.waiting[0].n <= room:
+            job = self.waiting[0]
+            length = min(len(job.prompt_ids), self.model.cfg.block_size)
+            if length not in admitted and len(self.cohorts) + len(admitted) >= self.max_batches:
+                break  # it waits for a cohort to end, and gathers the jobs that come meanwhile
+            self.waiting.pop(0)
             if job.cancelled:
                 continue
             if job.max_tokens == 0:
                 job.emit("end", None)
                 continue
             room -= job.n
-            length = min(len(job.prompt_ids), self.model.cfg.block_size)
             admitted.setdefault(length, []).append(job)
         for jobs in admitted.values():
             try:
@@ -139,6 +150,8 @@ class Batcher:
             cohort.decoder.keep(live)
         try:
             tokens = cohort.decoder.step().tolist()
+            self.forward_passes += 1
+            self.rows_decoded += len(tokens)
         except Exception:
             self._fail(cohort.jobs)
             cohort.jobs = []

@@ -267,6 +267,12 @@ class ServeConfig:
         "Most sequences decoded at a time, over all requests (a request with n samples counts n); also the "
         "largest n a request may ask for. More requests wait in arrival order.",
     )
+    max_batches: int = doc(
+        4,
+        "Most batches decoded in turns (each holds requests whose prompts have one length in tokens). A "
+        "request that cannot start a batch waits for one to end, then starts with the others that waited: "
+        "1 gives the largest batches (throughput), more let new requests start sooner (latency).",
+    )
     max_tokens: int = doc(2048, "Largest max_tokens a request may ask for.")
     context_mode: Literal["auto", "exact", "fast", "rolling"] = doc(
         "auto",

@@ -337,7 +337,7 @@ class CompletionStream(StreamingResponse):
 class Server:
     def __init__(self, cfg: ServeConfig, model, tokenizer: Tokenizer, model_name: str):
         self.cfg, self.tokenizer, self.model_name = cfg, tokenizer, model_name
-        self.batcher = Batcher(model, cfg.max_batch, resolve_context_mode(model, cfg.context_mode))
+        self.batcher = Batcher(model, cfg.max_batch, cfg.max_batches, resolve_context_mode(model, cfg.context_mode))
         self.created = int(time.time())
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
@@ -370,6 +370,7 @@ class Server:
         alive = self.batcher.alive()
         body = {"status": "ok" if alive else "decoder stopped", "model": self.model_name}
         body["rows_in_flight"] = self.batcher.rows_in_flight()
+        body["forward_passes"], body["rows_decoded"] = self.batcher.forward_passes, self.batcher.rows_decoded
         return JSONResponse(body, status_code=200 if alive else 503)
 
     def app(self) -> Starlette:
@@ -410,8 +411,9 @@ def is_loopback(host: str) -> bool:
 
 def main(argv: list[str]) -> int:
     cfg = parse_flags(ServeConfig, argv, "python -m gpt.serve", __doc__)
-    if cfg.max_batch < 1 or cfg.max_tokens < 1:
-        raise UserError(f"--max_batch and --max_tokens must be >= 1, got {cfg.max_batch} and {cfg.max_tokens}")
+    for name in ("max_batch", "max_batches", "max_tokens"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
     import uvicorn
 
     model, tokenizer, _ = load(cfg.out_dir, cfg.device, cfg.dtype)
