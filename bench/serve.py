@@ -21,6 +21,7 @@ answered "ok" afterwards.
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,12 @@ def make_export(folder: Path) -> Path:
     save_weights(GPT(cfg).state_dict(), folder / "weights.safetensors")
     write_export(folder / "model", folder / "weights.safetensors", cfg, tokenizer, {"step": 0})
     return folder / "model"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def start_server(export: Path, port: int, max_batch: int, max_batches: int, log: Path) -> subprocess.Popen:
@@ -127,12 +134,13 @@ def main() -> None:
     parser.add_argument("--max_tokens", type=int, default=64, help="tokens generated per request")
     parser.add_argument("--max_batch", type=int, default=16, help="the server's --max_batch")
     parser.add_argument("--max_batches", type=int, default=4, help="the server's --max_batches")
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=0, help="the server's port; 0: a free one")
     args = parser.parse_args()
+    port = args.port or free_port()
     with tempfile.TemporaryDirectory() as tmp:
         export = make_export(Path(tmp))
-        server = start_server(export, args.port, args.max_batch, args.max_batches, Path(tmp) / "server.log")
-        url = f"http://127.0.0.1:{args.port}"
+        server = start_server(export, port, args.max_batch, args.max_batches, Path(tmp) / "server.log")
+        url = f"http://127.0.0.1:{port}"
         try:
             print(
                 f"{args.requests} requests of {args.max_tokens} tokens per row, at most {args.duration_s:.0f} s; "

@@ -90,11 +90,15 @@ class Batcher:
 
     def _run(self) -> None:
         while not self.closing:
-            self._take_incoming(block=not self.cohorts and not self.waiting)
-            self._admit()
-            for cohort in list(self.cohorts):
-                self._step(cohort)
-            self.cohorts = [c for c in self.cohorts if c.jobs]
+            try:
+                self._take_incoming(block=not self.cohorts and not self.waiting)
+                self._admit()
+                for cohort in list(self.cohorts):
+                    self._step(cohort)
+                self.cohorts = [c for c in self.cohorts if c.jobs]
+            except Exception:  # a bug here must not leave requests waiting forever on a dead thread
+                self._fail([job for c in self.cohorts for job in c.jobs] + self.waiting)
+                self.cohorts, self.waiting = [], []
 
     def _take_incoming(self, block: bool) -> None:
         try:

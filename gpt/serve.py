@@ -231,6 +231,7 @@ class Completion:
             for i, ids in enumerate(prompt_ids)
         ]
         self.open = [True] * len(self.jobs)
+        self.next_check = time.monotonic()  # when to look whether the client went away
         for job in self.jobs:
             server.batcher.submit(job)
 
@@ -262,12 +263,16 @@ class Completion:
             yield [(c, text, self.choices[c].finish_reason) for c, text in zip(mine, texts, strict=True)]
 
     async def _next_event(self, request: Request | None) -> tuple[int, str, Any]:
+        """The next event; with a request (not streamed), checks twice a second that its client is still there."""
         while True:
+            if request is not None and time.monotonic() > self.next_check:
+                self.next_check = time.monotonic() + 0.5
+                if await request.is_disconnected():
+                    raise ConnectionAbortedError("the client went away")
             try:
-                return await asyncio.wait_for(self.events.get(), timeout=1.0)
+                return await asyncio.wait_for(self.events.get(), timeout=0.5)
             except asyncio.TimeoutError:
-                if request is not None and await request.is_disconnected():
-                    raise ConnectionAbortedError("the client went away") from None
+                pass
 
     def usage(self) -> dict:
         completion_tokens = sum(c.tokens for c in self.choices)
@@ -359,6 +364,8 @@ class Server:
             return JSONResponse(await completion.whole(request))
         except JobFailed as e:
             return error_response(str(e), 500, "server_error")
+        except ConnectionAbortedError:
+            return Response(status_code=499)  # nobody reads it; 499: nginx's "client closed request"
         finally:
             completion.cancel()
 
