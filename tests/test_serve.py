@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import queue
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from unittest import mock
 
 import httpx
 import openai
 import pytest
 import torch
 
+from gpt.batching import Batcher, Job
 from gpt.checkpoint import save_weights, write_export
 from gpt.config import ModelConfig
 from gpt.errors import UserError
@@ -217,6 +220,27 @@ def test_a_client_that_disconnects_frees_its_place(client, server, stream):
     assert after["forward_passes"] - before["forward_passes"] < 2000  # it left before its tokens were drawn
     out = client.completions.create(model=NAME, prompt="ROMEO:", max_tokens=5, n=MAX_BATCH)  # the whole batch is free
     assert len(out.choices) == MAX_BATCH
+
+
+def test_a_failing_model_fails_its_requests_not_the_decoding_thread(local):
+    model, _ = local
+    events: queue.Queue[str] = queue.Queue()
+    batcher = Batcher(model, max_batch=4)
+
+    def job() -> Job:
+        return Job(
+            [1, 2, 3], n=2, max_tokens=5, temperature=1.0, top_k=0, top_p=1.0, seed=0, emit=lambda k, _: events.put(k)
+        )
+
+    try:
+        with mock.patch.object(model, "forward", side_effect=RuntimeError("out of memory, say")):
+            batcher.submit(job())
+            assert events.get(timeout=60) == "error"
+        batcher.submit(job())
+        assert [events.get(timeout=60) for _ in range(6)] == ["tokens"] * 5 + ["end"]
+        assert batcher.alive()
+    finally:
+        batcher.close()
 
 
 def test_bad_model_folder_is_a_user_error_and_help_names_the_options(tmp_path, capsys):
