@@ -243,6 +243,23 @@ def test_a_failing_model_fails_its_requests_not_the_decoding_thread(local):
         batcher.close()
 
 
+def test_with_one_batch_at_a_time_a_request_of_another_length_waits_for_the_batch(local):
+    model, _ = local
+    events: queue.Queue[tuple[str, str]] = queue.Queue()
+    batcher = Batcher(model, max_batch=4, max_batches=1)
+
+    def job(name: str, prompt: list[int]) -> Job:
+        return Job(prompt, 1, 20, 1.0, 0, 1.0, 0, emit=lambda kind, _: events.put((name, kind)))
+
+    try:
+        batcher.submit(job("a", [1, 2, 3]))
+        batcher.submit(job("b", [1, 2]))  # another length: it cannot share a forward pass with "a"
+        order = [events.get(timeout=60) for _ in range(42)]
+    finally:
+        batcher.close()
+    assert order == [("a", "tokens")] * 20 + [("a", "end")] + [("b", "tokens")] * 20 + [("b", "end")]
+
+
 def test_bad_model_folder_is_a_user_error_and_help_names_the_options(tmp_path, capsys):
     with pytest.raises(UserError, match="no checkpoint"):
         serve_main(["--out_dir", str(tmp_path)])
