@@ -244,28 +244,34 @@ class Completion:
             job.cancelled = True
 
     async def updates(self, request: Request | None = None) -> AsyncIterator[list[tuple[int, str, str | None]]]:
-        """(choice index, new text, finish reason or None) for the choices an event moved on."""
+        """(choice index, new text, the finish reason if it just finished) for the choices of the event's job."""
         while any(self.open):
             job, kind, data = await self._next_event(request)
             if not self.open[job]:
                 continue
             if kind == "error":
                 raise JobFailed(data)
-            first = job * self.req.n
-            mine = range(first, first + self.req.n)
+            mine = self.choices[job * self.req.n : (job + 1) * self.req.n]
+            running = [c.finish_reason is None for c in mine]
             if kind == "tokens":
-                texts = [self.choices[c].add(token) for c, token in zip(mine, data, strict=True)]
+                texts = [choice.add(token) for choice, token in zip(mine, data, strict=True)]
             else:  # "end": max_tokens reached
-                texts = [self.choices[c].end() for c in mine]
-            if all(self.choices[c].finish_reason for c in mine):
+                texts = [choice.end() for choice in mine]
+            if all(c.finish_reason for c in mine):
                 self.open[job] = False
                 self.jobs[job].cancelled = True  # every sample stopped: free its rows now
-            yield [(c, text, self.choices[c].finish_reason) for c, text in zip(mine, texts, strict=True)]
+            first = job * self.req.n
+            yield [
+                (first + i, text, c.finish_reason if was_running else None)  # a finish reason is told once
+                for i, (c, text, was_running) in enumerate(zip(mine, texts, running, strict=True))
+            ]
 
     async def _next_event(self, request: Request | None) -> tuple[int, str, Any]:
         """The next event; with a request (not streamed), checks twice a second that its client is still there."""
+        if request is None:
+            return await self.events.get()
         while True:
-            if request is not None and time.monotonic() > self.next_check:
+            if time.monotonic() > self.next_check:
                 self.next_check = time.monotonic() + 0.5
                 if await request.is_disconnected():
                     raise ConnectionAbortedError("the client went away")

@@ -116,14 +116,16 @@ def test_streamed_pieces_join_to_the_text_not_streamed(client):
 
 
 def test_stop_strings_cut_the_text_alike_streamed_or_not(client, local):
-    free = expected(local, "KING:", 40, seed=9)[0]
-    stop = free[12:14]  # two characters the model writes (maybe earlier, too)
-    kw = dict(model=NAME, prompt="KING:", max_tokens=40, seed=9, stop=[stop, "\x00never"])
+    free = expected(local, "KING:", 40, n=3, seed=9)
+    stop = free[0][12:14]  # two characters the first sample writes (maybe earlier, too)
+    kw = dict(model=NAME, prompt="KING:", max_tokens=40, n=3, seed=9, stop=[stop, "\x00never"])
     out = client.completions.create(**kw)
-    assert out.choices[0].text == free[: free.index(stop)] and out.choices[0].finish_reason == "stop"
-    pieces = list(client.completions.create(**kw, stream=True))
-    assert "".join(p.choices[0].text for p in pieces) == out.choices[0].text
-    assert pieces[-1].choices[0].finish_reason == "stop"
+    cut = [(t[: t.index(stop)], "stop") if stop in t else (t, "length") for t in free]
+    assert [(c.text, c.finish_reason) for c in out.choices] == cut
+    pieces = [p.choices[0] for p in client.completions.create(**kw, stream=True)]
+    for c in out.choices:  # each sample's pieces join to its text, and its finish reason is told once
+        assert "".join(p.text for p in pieces if p.index == c.index) == c.text
+        assert [p.finish_reason for p in pieces if p.index == c.index and p.finish_reason] == [c.finish_reason]
 
 
 def test_n_samples_and_a_list_of_prompts(client, local):
