@@ -7,7 +7,7 @@
 The model has the default config's shape (4 layers, 4 heads, 128 wide, context 64) and Tiny
 Shakespeare's 65-character vocabulary, with randomly initialised weights (speed depends on the
 shape, not on the values), written as a portable export. The server runs in its own process as
-a user starts it. For each number of clients, that many threads each send requests one after the
+a user starts it, with one CPU thread for the model unless --cpu_threads says otherwise. For each number of clients, that many threads each send requests one after the
 other (POST /v1/completions: prompt "ROMEO:", --max_tokens tokens, temperature 0.8, a seed per
 request) until --requests have been sent or --duration_s has passed, whichever comes first.
 Every request has the same prompt length, so requests in flight together share forward passes.
@@ -58,9 +58,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(export: Path, port: int, max_batch: int, max_batches: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "gpt.serve", "--out_dir", str(export), "--port", str(port)]
-    cmd += ["--max_batch", str(max_batch), "--max_batches", str(max_batches)]
+def start_server(export: Path, port: int, options: list[str], log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "gpt.serve", "--out_dir", str(export), "--port", str(port), *options]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=out)
     deadline = time.monotonic() + 120
@@ -134,17 +133,20 @@ def main() -> None:
     parser.add_argument("--max_tokens", type=int, default=64, help="tokens generated per request")
     parser.add_argument("--max_batch", type=int, default=16, help="the server's --max_batch")
     parser.add_argument("--max_batches", type=int, default=4, help="the server's --max_batches")
+    parser.add_argument("--cpu_threads", type=int, default=1, help="the server's --cpu_threads")
     parser.add_argument("--port", type=int, default=0, help="the server's port; 0: a free one")
     args = parser.parse_args()
     port = args.port or free_port()
     with tempfile.TemporaryDirectory() as tmp:
         export = make_export(Path(tmp))
-        server = start_server(export, port, args.max_batch, args.max_batches, Path(tmp) / "server.log")
+        options = ["--max_batch", str(args.max_batch), "--max_batches", str(args.max_batches)]
+        options += ["--cpu_threads", str(args.cpu_threads)]
+        server = start_server(export, port, options, Path(tmp) / "server.log")
         url = f"http://127.0.0.1:{port}"
         try:
             print(
                 f"{args.requests} requests of {args.max_tokens} tokens per row, at most {args.duration_s:.0f} s; "
-                f"--max_batch {args.max_batch} --max_batches {args.max_batches}"
+                f"server: {' '.join(options)}"
             )
             print(
                 "| clients | answered | errors | tokens/s | p50 latency | p99 latency | rows per forward pass | wall |"

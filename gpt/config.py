@@ -282,6 +282,11 @@ class ServeConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
         "auto", "Weights and activations dtype; 'auto' is bfloat16 on a GPU that supports it, else float32."
     )
+    cpu_threads: int = doc(
+        0,
+        "Threads for the model on CPU; 0: torch's default (one per core). Fewer is faster for small models on "
+        "a machine that is busy with other work.",
+    )
 
 
 @dataclass

@@ -427,7 +427,11 @@ def main(argv: list[str]) -> int:
     for name in ("max_batch", "max_batches", "max_tokens"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
+    import torch
     import uvicorn
+
+    if cfg.cpu_threads > 0:
+        torch.set_num_threads(cfg.cpu_threads)
 
     model, tokenizer, _ = load(cfg.out_dir, cfg.device, cfg.dtype)
     name = cfg.model_name or Path(cfg.out_dir).resolve().name
