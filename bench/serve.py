@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--duration_s", type=float, default=120, help="stop sending after this long, per row")
     parser.add_argument("--max_tokens", type=int, default=64, help="tokens generated per request")
     parser.add_argument("--max_batch", type=int, default=16, help="the server's --max_batch")
-    parser.add_argument("--max_batches", type=int, default=4, help="the server's --max_batches")
+    parser.add_argument("--max_batches", type=int, default=2, help="the server's --max_batches")
     parser.add_argument("--cpu_threads", type=int, default=1, help="the server's --cpu_threads")
     parser.add_argument("--port", type=int, default=0, help="the server's port; 0: a free one")
     args = parser.parse_args()

@@ -59,7 +59,7 @@ class Batcher:
     """Queue of jobs and the thread that decodes them (see the module doc)."""
 
     def __init__(
-        self, model: torch.nn.Module, max_batch: int, max_batches: int = 4, context_mode: ContextMode = "auto"
+        self, model: torch.nn.Module, max_batch: int, max_batches: int = 2, context_mode: ContextMode = "auto"
     ):
         self.model = model
         self.max_batch = max_batch

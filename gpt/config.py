@@ -268,7 +268,7 @@ class ServeConfig:
         "largest n a request may ask for. More requests wait in arrival order.",
     )
     max_batches: int = doc(
-        4,
+        2,
         "Most batches decoded in turns (each holds requests whose prompts have one length in tokens). A "
         "request that cannot start a batch waits for one to end, then starts with the others that waited: "
         "1 gives the largest batches (throughput), more let new requests start sooner (latency).",

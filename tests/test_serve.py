@@ -259,6 +259,23 @@ def test_a_failing_model_fails_its_requests_not_the_decoding_thread(local):
         batcher.close()
 
 
+def test_jobs_that_arrive_together_share_forward_passes(local):
+    model, _ = local
+    ended: queue.Queue[str] = queue.Queue()
+    batcher = Batcher(model, max_batch=8, max_batches=2)
+    try:
+        for seed in range(24):
+            batcher.submit(
+                Job([1, 2, 3], 1, 10, 1.0, 0, 1.0, seed, emit=lambda kind, _: kind == "end" and ended.put(kind))
+            )
+        for _ in range(24):
+            ended.get(timeout=60)
+    finally:
+        batcher.close()
+    assert batcher.rows_decoded == 24 * 10
+    assert batcher.forward_passes <= 24 * 10 / 4  # 8 rows a pass but for the very first job or so; 1 if unbatched
+
+
 def test_with_one_batch_at_a_time_a_request_of_another_length_waits_for_the_batch(local):
     model, _ = local
     events: queue.Queue[tuple[str, str]] = queue.Queue()
