@@ -1,15 +1,16 @@
 """Throughput and latency of the completions server (python -m gpt.serve) under concurrent clients.
 
     flock -x /tmp/cpu.lock python bench/serve.py                       # 1, 4 and 16 clients
-    flock -x /tmp/cpu.lock python bench/serve.py --clients 64 --requests 256 --max_batch 16   # load test
+    flock -x /tmp/cpu.lock python bench/serve.py --clients 64 --requests 512 --duration_s 300   # load test
     python bench/serve.py --help
 
 The model has the default config's shape (4 layers, 4 heads, 128 wide, context 64) and Tiny
 Shakespeare's 65-character vocabulary, with randomly initialised weights (speed depends on the
 shape, not on the values), written as a portable export. The server runs in its own process as
-a user starts it, with one CPU thread for the model unless --cpu_threads says otherwise. For each number of clients, that many threads each send requests one after the
-other (POST /v1/completions: prompt "ROMEO:", --max_tokens tokens, temperature 0.8, a seed per
-request) until --requests have been sent or --duration_s has passed, whichever comes first.
+a user starts it, with one CPU thread for the model unless --cpu_threads says otherwise. For each
+number of clients, that many threads each send requests one after the other (POST
+/v1/completions: prompt "ROMEO:", --max_tokens tokens, temperature 0.8, a seed per request) until
+--requests have been sent or --duration_s has passed, whichever comes first.
 Every request has the same prompt length, so requests in flight together share forward passes.
 
 Columns: requests answered, errors (anything but HTTP 200 with max_tokens tokens), generated
