@@ -114,6 +114,8 @@ def test_streamed_pieces_join_to_the_text_not_streamed(client):
     pieces = list(client.completions.create(**kw, stream=True))
     assert len(pieces) > 1 and pieces[-1].choices[0].finish_reason == "length"
     assert "".join(p.choices[0].text for p in pieces) == whole.choices[0].text
+    last = list(client.completions.create(**kw, stream=True, stream_options={"include_usage": True}))[-1]
+    assert last.choices == [] and (last.usage.prompt_tokens, last.usage.completion_tokens) == (5, 30)
 
 
 def test_stop_strings_cut_the_text_alike_streamed_or_not(client, local):
