@@ -8,7 +8,7 @@ How jobs are batched. Rows in one forward pass must share the length of the key/
 jobs whose prompts have the same length in tokens (after cropping to block_size) start together as
 one ``BatchDecoder``, a *cohort* (a batch). Jobs that arrive while cohorts are decoding start at the
 next step in new cohorts, up to ``max_batches`` cohorts; every step, each cohort advances by one
-token, so a short request is not queued behind a long one. With ``max_batches`` cohorts running,
+token, so a short request need not wait for a long one to end. With ``max_batches`` cohorts running,
 new jobs wait for one to end, then start together: fewer, larger forward passes (1: batch after
 batch, the most throughput; more: new requests start sooner). A job leaves its cohort when it has
 its tokens, when its consumer cancels it (a client that disconnected, every sample stopped), or
