@@ -33,16 +33,18 @@ def read_prompt(start: str) -> str:
         raise UserError(f"prompt file {path} is not UTF-8 (byte offset {e.start})") from None
 
 
-def complete_prefix(text: str) -> str:
-    """The text without trailing replacement characters: a BPE token can end inside a UTF-8 character,
-    which the next token completes, so the end of a partial decode is held back until it is whole."""
-    return text.rstrip("\ufffd")
-
-
 def main(argv: list[str]) -> int:
     cfg = parse_flags(SampleConfig, argv, "sample.py", __doc__)
     # after the flags: --help and a bad flag answer before torch loads
-    from gpt.generate import check_options, default_prompt, encode_prompt, load, resolve_context_mode, sample_ids
+    from gpt.generate import (
+        check_options,
+        complete_prefix,
+        default_prompt,
+        encode_prompt,
+        load,
+        resolve_context_mode,
+        sample_ids,
+    )
 
     check_options(cfg.max_new_tokens, cfg.num_samples, cfg.temperature, cfg.top_k, cfg.top_p, cfg.context_mode)
     model, tokenizer, _ = load(cfg.out_dir, cfg.device, cfg.dtype)

@@ -294,6 +294,50 @@ class SampleConfig:
 
 
 @dataclass
+class ServeConfig:
+    """An OpenAI-compatible completions server (python -m gpt.serve)."""
+
+    out_dir: str = doc(
+        "out/default", "Model to serve: a run directory (its newest checkpoint), a checkpoint or a model folder."
+    )
+    host: str = doc(
+        "127.0.0.1",
+        "Address to listen on. Loopback (the default) is reachable from this machine only; anything else "
+        "(0.0.0.0, a LAN address) lets other machines use the model, and the server has no authentication.",
+    )
+    port: int = doc(8000, "TCP port to listen on.")
+    model_name: str = doc(
+        "",
+        "Name the API serves the model under (GET /v1/models, a request's 'model'); empty: the out_dir folder's name.",
+    )
+    max_batch: int = doc(
+        16,
+        "Most sequences decoded at a time, over all requests (a request with n samples counts n); also the "
+        "largest n a request may ask for. More requests wait in arrival order.",
+    )
+    max_batches: int = doc(
+        2,
+        "Most batches decoded in turns (each holds requests whose prompts have one length in tokens). A "
+        "request that cannot start a batch waits for one to end, then starts with the others that waited: "
+        "1 gives the largest batches (throughput), more let new requests start sooner (latency).",
+    )
+    max_tokens: int = doc(2048, "Largest max_tokens a request may ask for.")
+    context_mode: Literal["auto", "exact", "fast", "rolling"] = doc(
+        "auto",
+        "Past the context length, as sample.py's --context_mode: 'auto' is 'rolling' for rotary models, else 'exact'.",
+    )
+    device: str = doc("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
+        "auto", "Weights and activations dtype; 'auto' is bfloat16 on a GPU that supports it, else float32."
+    )
+    cpu_threads: int = doc(
+        0,
+        "Threads for the model on CPU; 0: torch's default (one per core). Fewer is faster for small models on "
+        "a machine that is busy with other work.",
+    )
+
+
+@dataclass
 class EvalConfig:
     """A full evaluation pass over one split (python -m gpt.evaluate)."""
 

@@ -28,6 +28,7 @@ every position and invalidates every cached key and value. Three ways are offere
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
@@ -130,7 +131,105 @@ def next_token(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
-@torch.inference_mode()
+@dataclass
+class Sampling:
+    """How one group of rows picks its tokens: the options of ``next_token`` and its random generator."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    generator: torch.Generator | None = None
+
+
+class BatchDecoder:
+    """Decode a batch of equally long prompts step by step, each group of rows with its own ``Sampling``.
+
+    A group's rows are drawn together from its own generator, whatever else is in the batch: a group
+    of n rows and seed s gets the tokens that decoding it alone (``sample_ids`` with num_samples=n
+    and seed s) gets. ``keep`` lets finished groups leave the batch between steps.
+
+    ``context`` is the window of tokens the model conditions on. When a new token would make it
+    longer than block_size, 'exact' drops its oldest token (so this happens at every step from then
+    on) and 'fast' drops its oldest half (once per half window); either way the cache is then
+    re-filled from the window. 'rolling' never re-fills: the new token replaces the oldest in the
+    cache (see the module doc). Without a cache every step runs the model on the whole window, which
+    gives the tokens of 'exact'.
+    """
+
+    @torch.inference_mode()
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        prompt: torch.Tensor,
+        groups: list[tuple[int, Sampling]],
+        use_cache: bool = True,
+        context_mode: ContextMode = "auto",
+    ):
+        """prompt: (B, T0) ids; groups: (number of rows, sampling) in row order, the rows adding up to B."""
+        if sum(rows for rows, _ in groups) != prompt.size(0):
+            raise ValueError(f"the groups have {sum(r for r, _ in groups)} rows but the prompt has {prompt.size(0)}")
+        self.model = model
+        self.block_size = model.cfg.block_size
+        context_mode = resolve_context_mode(model, context_mode)
+        self.rolling = context_mode == "rolling"
+        if self.rolling and not use_cache:
+            raise UserError("context_mode=rolling works through the key/value cache; use exact without a cache")
+        # on overflow, 'exact' drops the oldest token; 'fast' drops the oldest half of the window
+        bs = self.block_size
+        self.keep_len = min(bs, bs - bs // 2 + 1) if context_mode == "fast" else bs
+        self.groups = list(groups)
+        self.context = prompt[:, -bs:]  # (B, T)
+        self.cache = model.new_cache(rolling=self.rolling) if use_cache else None
+        self.logits = self._last_logits(model(self.context, cache=self.cache)[0])  # (B, V)
+        self.pending: torch.Tensor | None = None  # the last tokens drawn, fed to the model on the next step
+
+    def _last_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        # [:vocab_size]: the head may have padding rows (model.pad_vocab_to); they are never sampled
+        return logits[:, -1, : self.model.cfg.vocab_size]
+
+    @torch.inference_mode()
+    def step(self) -> torch.Tensor:
+        """The next token of every row, (B,). The model runs only when a step is asked for, so no
+        forward pass is spent on a token nobody will ask for."""
+        if self.pending is not None:
+            self._feed(self.pending)
+        rows = self.logits.split([n for n, _ in self.groups])
+        groups = zip(rows, self.groups, strict=True)
+        drawn = [next_token(lg, s.temperature, s.top_k, s.top_p, s.generator) for lg, (_, s) in groups]
+        self.pending = drawn[0] if len(drawn) == 1 else torch.cat(drawn)
+        return self.pending
+
+    def _feed(self, token: torch.Tensor) -> None:
+        model, cache = self.model, self.cache
+        self.context = torch.cat([self.context, token[:, None]], dim=1)
+        cropped = self.context.size(1) > self.block_size
+        if cropped:
+            self.context = self.context[:, -self.keep_len :]
+        if cache is None:
+            logits, _ = model(self.context)  # the whole window, every step
+        elif cropped and not self.rolling:
+            cache.reset()  # positions shifted: re-encode the window
+            logits, _ = model(self.context, cache=cache)
+        else:
+            logits, _ = model(token[:, None], cache=cache)  # one new position
+        self.logits = self._last_logits(logits)
+
+    @torch.inference_mode()
+    def keep(self, groups: list[int]) -> None:
+        """Go on with only these groups (indices into the current ones, in order); the others leave."""
+        starts = [0]
+        for n, _ in self.groups:
+            starts.append(starts[-1] + n)
+        rows = torch.tensor(
+            [r for g in groups for r in range(starts[g], starts[g + 1])], dtype=torch.long, device=self.context.device
+        )
+        self.groups = [self.groups[g] for g in groups]
+        self.context, self.logits = self.context[rows], self.logits[rows]
+        self.pending = None if self.pending is None else self.pending[rows]
+        if self.cache is not None:
+            self.cache.keep_rows(rows)
+
+
 def generate_tokens(
     model: torch.nn.Module,
     prompt: torch.Tensor,
@@ -144,40 +243,19 @@ def generate_tokens(
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every sequence, (B,), max_new_tokens times. prompt: (B, T0) ids.
 
-    ``context`` is the window of tokens the model conditions on. When a new token would make it
-    longer than block_size, 'exact' drops its oldest token (so this happens at every step from then
-    on) and 'fast' drops its oldest half (once per half window); either way the cache is then
-    re-filled from the window. 'rolling' never re-fills: the new token replaces the oldest in the
-    cache (see the module doc). Without a cache every step runs the model on the whole window, which
-    gives the tokens of 'exact'.
+    One ``BatchDecoder`` group: every row is drawn with the same options from one generator.
     """
-    block_size = model.cfg.block_size
-    context_mode = resolve_context_mode(model, context_mode)
-    rolling = context_mode == "rolling"
-    if rolling and not use_cache:
-        raise UserError("context_mode=rolling works through the key/value cache; use exact without a cache")
-    # on overflow, 'exact' drops the oldest token; 'fast' drops the oldest half of the window
-    keep = min(block_size, block_size - block_size // 2 + 1) if context_mode == "fast" else block_size
-    context = prompt[:, -block_size:]  # (B, T)
-    cache = model.new_cache(rolling=rolling) if use_cache else None
-    logits, _ = model(context, cache=cache)
-    for step in range(max_new_tokens):
-        # [:vocab_size]: the head may have padding rows (model.pad_vocab_to); they are never sampled
-        token = next_token(logits[:, -1, : model.cfg.vocab_size], temperature, top_k, top_p, generator)  # (B,)
-        yield token
-        if step + 1 == max_new_tokens:
-            return  # no forward pass for a token nobody will ask for
-        context = torch.cat([context, token[:, None]], dim=1)
-        cropped = context.size(1) > block_size
-        if cropped:
-            context = context[:, -keep:]
-        if cache is None:
-            logits, _ = model(context)  # the whole window, every step
-        elif cropped and not rolling:
-            cache.reset()  # positions shifted: re-encode the window
-            logits, _ = model(context, cache=cache)
-        else:
-            logits, _ = model(token[:, None], cache=cache)  # one new position
+    decoder = BatchDecoder(
+        model, prompt, [(prompt.size(0), Sampling(temperature, top_k, top_p, generator))], use_cache, context_mode
+    )
+    for _ in range(max_new_tokens):
+        yield decoder.step()
+
+
+def complete_prefix(text: str) -> str:
+    """The text without trailing replacement characters: a BPE token can end inside a UTF-8 character,
+    which the next token completes, so the end of a partial decode is held back until it is whole."""
+    return text.rstrip("\ufffd")
 
 
 def default_prompt(tokenizer: Tokenizer) -> str:
@@ -194,7 +272,9 @@ def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
     ids = tokenizer.encode(text)
     if not ids:
         if tokenizer.eot_id is None:
-            raise UserError("the prompt is empty; give --start some text")
+            raise UserError(
+                "the prompt is empty and this model's tokenizer has no end-of-text token to start from; give some text"
+            )
         ids = [tokenizer.eot_id]  # BPE models start a document after end-of-text
     return ids
 

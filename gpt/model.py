@@ -67,6 +67,11 @@ class KVCache:
     def reset(self) -> None:
         self.pos = 0
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (sequences that finished leave a batch being decoded)."""
+        self.keys = [None if k is None else k[rows] for k in self.keys]
+        self.values = [None if v is None else v[rows] for v in self.values]
+
 
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
     """LayerNorm (subtract the mean, divide by the std, scale and shift) or RMSNorm (divide by the

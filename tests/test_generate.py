@@ -11,7 +11,7 @@ import torch
 from gpt.checkpoint import save_weights, write_export
 from gpt.config import ModelConfig
 from gpt.errors import UserError
-from gpt.generate import filter_logits, generate_text, generate_tokens, sample_ids
+from gpt.generate import BatchDecoder, Sampling, filter_logits, generate_text, generate_tokens, sample_ids
 from gpt.model import GPT, KVCache
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer
 
@@ -72,6 +72,27 @@ def test_same_seed_same_samples_with_and_without_the_cache():
     assert torch.equal(sampled(7), sampled(7, use_cache=False))
     assert torch.equal(sampled(7), sampled(7))
     assert not torch.equal(sampled(7), sampled(8))
+
+
+def test_a_group_in_a_batch_draws_the_tokens_it_draws_alone_and_may_leave_early():
+    """BatchDecoder: each group of rows has its own options and generator, so its tokens do not depend on
+    its batch mates (past the context too), and the others go on unchanged when a group leaves."""
+    model = sharp_model()
+    idx = prompt(5, batch=6)
+    n, leave_at = 2 * BLOCK, 10
+    groups = [(range(0, 1), 1, 1.0, 0), (range(1, 4), 2, 0.7, 5), (range(4, 6), 3, 0.0, 0)]  # rows, seed, temp, top_k
+
+    def generator(seed):
+        return torch.Generator().manual_seed(seed)
+
+    alone = [run(model, idx[rows], n, temperature=t, top_k=k, generator=generator(s)) for rows, s, t, k in groups]
+    decoder = BatchDecoder(model, idx, [(len(rows), Sampling(t, k, 1.0, generator(s))) for rows, s, t, k in groups])
+    before = torch.stack([decoder.step() for _ in range(leave_at)], dim=1)  # (6, leave_at)
+    decoder.keep([1, 2])  # the first group leaves
+    after = torch.stack([decoder.step() for _ in range(n - leave_at)], dim=1)  # (5, n - leave_at)
+    assert torch.equal(before[0], alone[0][0, :leave_at])
+    assert torch.equal(torch.cat([before[1:], after], dim=1), torch.cat(alone[1:]))
+    assert not torch.equal(alone[1][0], alone[1][1])  # sampled rows differ: the check has teeth
 
 
 def test_top_k_of_one_is_greedy():
