@@ -209,6 +209,7 @@ def setup(cfg: Config) -> Run:
             "mixed precision fp16 (from train.mixed_precision or the launch) needs a CUDA GPU; on CPU use bf16 or no"
         )
     fsdp.check_fsdp_runs(accelerator)
+    fsdp.set_mixed_precision(accelerator)  # FSDP: bf16/fp16 compute, fp32 gradient reduction
     if accelerator.distributed_type == DistributedType.FSDP and t.optimizer == "muon":
         # Muon orthogonalises whole matrices; FSDP hands each process a shard of every matrix
         raise UserError("train.optimizer=muon does not work with FSDP (sharded matrices); use adamw or DDP")
