@@ -339,6 +339,38 @@ def test_slurm_script_derives_ranks_address_and_port_from_the_allocation(tmp_pat
     assert outside.returncode != 0 and "not inside a SLURM allocation" in outside.stderr
 
 
+@pytest.mark.parametrize(
+    "nodelist, main_host", [("gpu[07-09,12],cpu1", "gpu07"), ("n-[3-4]-ib", "n-3-ib"), ("a,b[1-2]", "a")]
+)
+def test_slurm_dry_run_works_without_scontrol(nodelist, main_host):
+    e = env(SLURM_JOB_ID="7", SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST=nodelist, SLURM_GPUS_ON_NODE="4")
+    assert subprocess.run(["bash", "-c", "command -v scontrol"], env=e).returncode != 0  # none on this PATH
+    r = subprocess.run(
+        ["bash", str(ROOT / "launch" / "slurm.sbatch"), "--dry-run", "shakespeare_char"],
+        env=e, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert [line.split("--main_process_ip ")[1].split()[0] for line in r.stdout.splitlines()] == [main_host] * 2
+
+
+@pytest.mark.parametrize("cpus", [{"SLURM_CPUS_PER_TASK": "32"}, {"SLURM_CPUS_ON_NODE": "16"}])
+def test_slurm_script_gives_each_node_task_the_cpus_of_the_allocation(cpus, tmp_path):
+    """srun does not inherit --cpus-per-task from sbatch (Slurm 22.05 and later): the script passes it."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "accelerate").write_text('#!/bin/bash\necho "launcher on node $SLURM_NODEID"\n')
+    (fake_bin / "accelerate").chmod(0o755)
+    e = slurm_env(tmp_path, nodes=2, FAKE_SRUN_LOG=str(tmp_path / "srun.log"), **cpus)
+    e["PATH"] = f"{fake_bin}{os.pathsep}{e['PATH']}"
+    r = subprocess.run(["bash", str(ROOT / "launch" / "slurm.sbatch"), "x"], env=e, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(line for line in r.stdout.splitlines() if line.startswith("launcher")) == [
+        "launcher on node 0", "launcher on node 1"
+    ]  # fmt: skip
+    options = (tmp_path / "srun.log").read_text().split()
+    assert f"--cpus-per-task={next(iter(cpus.values()))}" in options and "--ntasks-per-node=1" in options
+
+
 @pytest.mark.slow
 def test_slurm_script_stops_on_usr1_requeues_and_the_requeued_job_resumes(tmp_path, data_root):
     """Two "nodes" on this machine (srun and scontrol faked): SIGUSR1 before the time limit makes
