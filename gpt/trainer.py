@@ -29,7 +29,7 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin, Projec
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
-from gpt import fsdp, hf, perf
+from gpt import fsdp, hf, perf, precision
 from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
@@ -291,7 +291,8 @@ def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, toke
             f"{tokenizer.identity!r}; use the same data.dataset as the checkpoint"
         )
     fsdp.check_checkpoint_fits(folder, fsdp_run=accelerator.distributed_type == DistributedType.FSDP)
-    accelerator.load_state(str(folder))
+    with precision.scaler_state_optional(accelerator, folder):  # fp16 resuming a bf16/fp32 run: fresh scaler
+        accelerator.load_state(str(folder))
     # load_state restores accelerate's micro-step counter, counted in the saved run's accumulation
     # steps; checkpoints fall on optimizer-step boundaries, so it restarts at zero (elastic resume).
     accelerator.step = 0
