@@ -71,9 +71,10 @@ def mixed_precision_policy(mixed_precision: str, fsdp_version: int = 2) -> Any:
 def set_mixed_precision(accelerator: Accelerator) -> None:
     """Before ``prepare``: replace the policy accelerate derived from its mixed precision (gradients
     reduced in bf16/fp16) by ``mixed_precision_policy``. Nothing to do without FSDP."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return  # (accelerate's state has no fsdp_plugin attribute at all then)
     plugin = accelerator.state.fsdp_plugin
-    if accelerator.distributed_type == DistributedType.FSDP and plugin is not None:
-        plugin.mixed_precision_policy = mixed_precision_policy(accelerator.mixed_precision, plugin.fsdp_version)
+    plugin.mixed_precision_policy = mixed_precision_policy(accelerator.mixed_precision, plugin.fsdp_version)
 
 
 def check_fsdp_runs(accelerator: Accelerator) -> None:

@@ -152,7 +152,9 @@ def print0(accelerator: Accelerator, *args: Any) -> None:
 
 
 def open_data(cfg: Config, accelerator: Accelerator) -> tuple[Tokenizer, TokenStream, TokenStream]:
-    with accelerator.local_main_process_first():  # one process per machine prepares a missing built-in set
+    # A missing built-in dataset is prepared by the main process first (data.root on a filesystem the
+    # machines share is then ready for all), then by each machine's first process (node-local disks).
+    with accelerator.main_process_first(), accelerator.local_main_process_first():
         folder = ensure_dataset(cfg.data.root, cfg.data.dataset)
     tokenizer = load_tokenizer(folder / "tokenizer.json")
     streams = []

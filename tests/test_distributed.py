@@ -131,6 +131,28 @@ def test_two_machines_on_loopback_train_the_same_model(config, one_process, data
 
 
 @pytest.mark.slow
+def test_machines_sharing_a_data_root_prepare_a_missing_builtin_dataset_once(tmp_path):
+    """Two "machines" (each process is its machine's local main) and one data.root without the set."""
+    shared, port = tmp_path / "shared-data", str(free_port())
+    args = [*SPLIT, "train.max_steps=2", "train.eval_windows=2", "train.final_eval=false",
+            f"data.root={shared}", "data.dataset=shakespeare_char"]  # fmt: skip
+
+    def machine(rank: int) -> list[str]:
+        return [
+            "--config_file", str(ROOT / "launch" / "multi_node_static.yaml"), "--num_machines", "2",
+            "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+            "--main_process_port", port, str(ROOT / "train.py"), *args, f"out_dir={tmp_path / 'run'}",
+        ]  # fmt: skip
+
+    launchers = [launch_in_background(*machine(r), log=tmp_path / f"machine-{r}.log", cwd=tmp_path) for r in (0, 1)]
+    codes = [p.wait(timeout=300) for p in launchers]
+    logs = [(tmp_path / f"machine-{rank}.log").read_text() for rank in (0, 1)]
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    prepared = [line for log in logs for line in log.splitlines() if line.startswith("prepared ")]
+    assert len(prepared) == 1 and prepared[0].startswith(f"prepared {shared / 'shakespeare_char'}:"), logs
+
+
+@pytest.mark.slow
 def test_bf16_on_cpu_trains_and_every_rank_ends_with_the_same_weights(tmp_path, data_root):
     """bf16 from the launch (train.mixed_precision=auto takes it), over two processes."""
     out = tmp_path / "bf16"
@@ -219,6 +241,7 @@ def test_fsdp_computes_in_bf16_but_reduces_gradients_in_fp32(version, monkeypatc
     assert plugin.mixed_precision_policy == want
     set_mixed_precision(SimpleNamespace(**vars(fsdp_run) | {"mixed_precision": "no"}))
     assert plugin.mixed_precision_policy is None  # fp32 throughout
+    set_mixed_precision(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, state=None))  # not FSDP: no-op
 
 
 @pytest.mark.slow
