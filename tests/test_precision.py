@@ -1,6 +1,6 @@
 """Resuming in fp16 from a checkpoint without gradient scaler state (saved by a bf16 or fp32 run).
 
-fp16 needs CUDA, so on CPU a GradScaler is attached to the Accelerator by hand: accelerate's
+fp16 needs CUDA, so here a GradScaler is attached to the Accelerator by hand: accelerate's
 save_state/load_state treat it exactly as the one of an fp16 run. The whole path through train.py
 is in tests/test_cuda.py.
 """
@@ -24,7 +24,7 @@ def test_only_a_run_with_a_scaler_resuming_a_checkpoint_without_one_starts_fresh
 
 @pytest.fixture
 def accelerator():
-    accelerator = Accelerator(cpu=True, mixed_precision="no")
+    accelerator = Accelerator()  # no arguments: agrees with any Accelerator made before in this process
     model = torch.nn.Linear(3, 2)
     accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
     yield accelerator
