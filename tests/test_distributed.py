@@ -302,31 +302,6 @@ def test_fsdp2_on_cpu_shards_per_block_and_a_sharded_checkpoint_exports_to_sampl
     assert "--- sample 1 of 1 ---" in s.stdout
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="accelerate runs FSDP only on CUDA GPUs")
-def test_fsdp_through_accelerate_on_gpus_saves_sharded_resumes_and_exports(tmp_path, data_root):
-    gpus = min(torch.cuda.device_count(), 2)
-    out = tmp_path / "fsdp-gpu"
-
-    def launch(*extra: str):
-        return accelerate_launch(
-            "--config_file", str(ROOT / "launch" / "fsdp.yaml"), "--num_processes", str(gpus),
-            "--main_process_port", str(free_port()), str(ROOT / "train.py"),
-            *run_args(data_root, out, "train.mixed_precision=auto", *extra), cwd=tmp_path,
-        )  # fmt: skip
-
-    r = launch()
-    assert r.returncode == 0, output(r)
-    assert "mixed precision bf16" in r.stdout
-    step = latest_checkpoint(out)
-    assert (step / "pytorch_model_fsdp_0").is_dir() and (step / "optimizer_0").is_dir()
-    assert (step / "model" / "model.safetensors").is_file()
-    r = launch("train.max_steps=30")
-    assert r.returncode == 0, output(r)
-    assert "resumed from" in r.stdout and latest_checkpoint(out).name == "step-0000030"
-    s = run_script("sample.py", "--out_dir", str(out), "--max_new_tokens", "20", "--num_samples", "1")
-    assert s.returncode == 0, s.stderr
-
-
 # ----------------------------------------------------------------------------------------------
 # SLURM
 
