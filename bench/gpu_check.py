@@ -56,7 +56,7 @@ def stage(name: str, out: Path, train_s: float = TRAIN_S) -> Stage:
     py = sys.executable
     if name == "tests":
         return Stage(
-            name, [py, "-m", "pytest", "-q", "-rs", "tests/test_cuda.py", f"--junitxml={out / 'tests.xml'}"], 240
+            name, [py, "-m", "pytest", "-q", "-rs", "tests/test_cuda.py", f"--junitxml={out / 'tests.xml'}"], 270
         )
     if name == "bench":
         return Stage(name, [py, "-m", "gpt.bench", "bench_gpt2_124m", "--steps", "30", "--warmup", "5"], 150)

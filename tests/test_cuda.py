@@ -147,7 +147,7 @@ def test_fsdp2_through_accelerate_on_one_gpu_saves_sharded_resumes_and_exports(d
     assert "mixed precision bf16" in r.stdout  # from the launch config
     step = latest_checkpoint(out)
     assert (step / "pytorch_model_fsdp_0").is_dir() and (step / "optimizer_0").is_dir()
-    assert (step / "model.safetensors").is_file() and (step / "model" / "model.safetensors").is_file()
+    assert (step / "model" / "model.safetensors").is_file()  # the export, gathered from the shards
     r = launch()
     assert r.returncode == 0, output(r)
     assert "resumed from" in r.stdout and latest_checkpoint(out).name == "step-0000008"
@@ -164,9 +164,10 @@ def test_training_attention_runs_the_flash_kernel():
     from gpt.config import ModelConfig
     from gpt.model import GPT
 
-    for position in ("learned", "rope"):  # the lecture's model and the rotary one (queries and keys rotated)
+    # the lecture's model, and rotary positions with QK-norm (queries and keys rotated and normalised)
+    for position, qk_norm in (("learned", False), ("rope", True)):
         cfg = ModelConfig(n_layer=2, n_head=6, n_embd=384, block_size=256, dropout=0.1, position=position,
-                          vocab_size=65)  # fmt: skip
+                          qk_norm=qk_norm, vocab_size=65)  # fmt: skip
         model = GPT(cfg).cuda().train()
         x = torch.randint(0, 65, (4, 256), device="cuda")
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.autocast("cuda", dtype=torch.bfloat16):
