@@ -58,13 +58,15 @@ def mixed_precision_policy(mixed_precision: str, fsdp_version: int = 2) -> Any:
     """FSDP's mixed precision for accelerate's ``mixed_precision`` ('no', 'bf16', 'fp16'): compute in
     that dtype, gradients reduced (and, over accumulation steps without a sync, summed) in fp32, the
     output not cast. None for 'no' (everything in fp32)."""
-    from torch.distributed.fsdp import MixedPrecision, MixedPrecisionPolicy
-
     compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
     if compute is None:
         return None
     if fsdp_version == 1:
+        from torch.distributed.fsdp import MixedPrecision
+
         return MixedPrecision(param_dtype=compute, reduce_dtype=torch.float32, buffer_dtype=compute)
+    from torch.distributed.fsdp import MixedPrecisionPolicy  # FSDP2's (torch 2.6 and later)
+
     return MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32, output_dtype=None)
 
 
