@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -112,10 +113,15 @@ def run_stage(stage: Stage, out: Path, deadline: float) -> dict[str, Any]:
     with open(log, "w") as f:
         f.write(f"$ {shlex.join(stage.argv)}\n")
         f.flush()
+        # its own process group: a stage out of time ends with everything it started (the tests' training
+        # processes too), so that nothing holds the GPU into the next stage
+        proc = subprocess.Popen(stage.argv, cwd=ROOT, env=child_env(), stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
         try:
-            code = subprocess.run(stage.argv, cwd=ROOT, env=child_env(), stdout=f, stderr=subprocess.STDOUT,
-                                  timeout=limit).returncode  # fmt: skip
+            code: int | str = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             code = "timeout"
     seconds = round(time.monotonic() - start, 1)
     print(f"{stage.name}: {'ok' if code == 0 else f'FAILED ({code})'} in {seconds} s, log {log}", flush=True)

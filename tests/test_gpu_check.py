@@ -5,6 +5,8 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from conftest import ROOT, TINY, env, run_script
 
@@ -44,6 +46,32 @@ def test_without_a_gpu_the_check_refuses_with_one_line(tmp_path):
     )  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "error: no CUDA GPU is visible" in r.stderr
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_stage_out_of_time_ends_with_every_process_it_started(tmp_path):
+    grandchild = tmp_path / "grandchild.pid"
+    starts_a_child = (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(grandchild)!r}, 'w').write(str(p.pid)); time.sleep(60)"
+    )
+    stage = gpu_check.Stage("slow", [sys.executable, "-c", starts_a_child], limit_s=60)
+    result = gpu_check.run_stage(stage, tmp_path, deadline=time.monotonic() + 8)  # the check's budget ends first
+    assert result["exit"] == "timeout" and result["seconds"] < 30 and result["limit_s"] <= 8
+    pid = int(grandchild.read_text())
+    deadline = time.monotonic() + 10
+    while alive(pid):
+        assert time.monotonic() < deadline, "the stage's child process outlived it"
+        time.sleep(0.1)
+    assert (tmp_path / "slow.log").read_text().startswith("$ ")
 
 
 def test_the_report_reads_test_counts_benchmark_and_training(tmp_path):
