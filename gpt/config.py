@@ -289,7 +289,9 @@ class SampleConfig:
     )
     device: str = doc("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps'.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
-        "auto", "Weights and activations dtype; 'auto' is bfloat16 on a GPU that supports it, else float32."
+        "auto",
+        "Weights and activations dtype; 'auto' is bfloat16 on a GPU with native bf16 (Ampere or newer), "
+        "float16 on an older GPU, float32 on CPU.",
     )
 
 

@@ -10,6 +10,12 @@ The trainer hands this policy to accelerate (``accelerate_plugin``), which appli
 ``torch.distributed.fsdp.fully_shard`` directly, for code outside accelerate's FSDP path, which
 accelerate opens to GPU processes only (the tests shard on CPU over gloo this way).
 
+Mixed precision under FSDP is FSDP's own, not autocast: accelerate does not autocast an FSDP2 model
+but casts the gathered weights to the compute dtype (``MixedPrecisionPolicy.param_dtype``), and by
+default reduces and accumulates the gradients in that dtype too. ``set_mixed_precision`` keeps the
+bf16/fp16 compute and moves the gradient reduce-scatter and accumulation to fp32, and leaves the
+model's output uncast (the loss is computed from fp32 logits in the model).
+
 Checkpoints of an FSDP run are sharded: ``accelerator.save_state`` writes the model and optimizer
 with ``torch.distributed.checkpoint`` (one folder each, every process writing its shard), and the
 trainer also gathers a full copy of the weights for the portable export that ``sample.py`` reads.
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -45,6 +52,31 @@ def accelerate_plugin() -> FullyShardedDataParallelPlugin:
         transformer_cls_names_to_wrap=[SHARDED_UNIT.__name__],
         state_dict_type="SHARDED_STATE_DICT",
     )
+
+
+def mixed_precision_policy(mixed_precision: str, fsdp_version: int = 2) -> Any:
+    """FSDP's mixed precision for accelerate's ``mixed_precision`` ('no', 'bf16', 'fp16'): compute in
+    that dtype, gradients reduced (and, over accumulation steps without a sync, summed) in fp32, the
+    output not cast. None for 'no' (everything in fp32)."""
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    if compute is None:
+        return None
+    if fsdp_version == 1:
+        from torch.distributed.fsdp import MixedPrecision
+
+        return MixedPrecision(param_dtype=compute, reduce_dtype=torch.float32, buffer_dtype=compute)
+    from torch.distributed.fsdp import MixedPrecisionPolicy  # FSDP2's (torch 2.6 and later)
+
+    return MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32, output_dtype=None)
+
+
+def set_mixed_precision(accelerator: Accelerator) -> None:
+    """Before ``prepare``: replace the policy accelerate derived from its mixed precision (gradients
+    reduced in bf16/fp16) by ``mixed_precision_policy``. Nothing to do without FSDP."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return  # (accelerate's state has no fsdp_plugin attribute at all then)
+    plugin = accelerator.state.fsdp_plugin
+    plugin.mixed_precision_policy = mixed_precision_policy(accelerator.mixed_precision, plugin.fsdp_version)
 
 
 def check_fsdp_runs(accelerator: Accelerator) -> None:

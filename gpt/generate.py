@@ -3,7 +3,7 @@
 From a notebook::
 
     from gpt.generate import load, generate_text
-    model, tokenizer, _ = load("out/default")               # CUDA in bf16 when available, else CPU
+    model, tokenizer, _ = load("out/default")               # CUDA in bf16 (fp16 before Ampere), else CPU
     print(generate_text(model, tokenizer, "ROMEO:", max_new_tokens=200)[0])
 
 Past the context length. With learned absolute positions a window that slides by one token shifts
@@ -56,13 +56,21 @@ def pick_device(name: str = "auto") -> str:
 
 
 def pick_dtype(name: str, device: str) -> torch.dtype:
-    """'auto' is bfloat16 on a GPU that supports it, else float32."""
+    """'auto' is bfloat16 on a GPU that computes in it natively (Ampere or newer), float16 on an
+    older GPU, float32 on CPU."""
     if name == "auto":
-        cuda_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else torch.float32
+        return gpu_half_dtype(device) if torch.device(device).type == "cuda" else torch.float32
     if name not in DTYPES:
         raise UserError(f"unknown dtype {name!r}: use auto, {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def gpu_half_dtype(device: str) -> torch.dtype:
+    """bfloat16 where ``device`` (cuda or cuda:N) has bf16 tensor cores, else float16. Asked of that
+    device, not the current one, and without emulation: older GPUs (V100, T4) emulate bf16 slowly."""
+    with torch.cuda.device(torch.device(device)):  # the index None of plain "cuda" keeps the current device
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native else torch.float16
 
 
 def load(path: str, device: str = "auto", dtype: str | torch.dtype = "auto"):

@@ -29,7 +29,7 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin, Projec
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
-from gpt import cpu, fsdp, hf, perf
+from gpt import cpu, fsdp, hf, perf, precision
 from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, DocumentStarts, TokenStream, eval_window_starts, split_files, to_inputs_targets
@@ -146,7 +146,9 @@ def print0(accelerator: Accelerator, *args: Any) -> None:
 
 def open_dataset(cfg: Config, accelerator: Accelerator, name: str) -> tuple[Tokenizer, TokenStream, TokenStream]:
     """The tokenizer and the train and val streams of dataset ``name`` under data.root."""
-    with accelerator.local_main_process_first():  # one process per machine prepares a missing built-in set
+    # A missing built-in dataset is prepared by the main process first (data.root on a filesystem the
+    # machines share is then ready for all), then by each machine's first process (node-local disks).
+    with accelerator.main_process_first(), accelerator.local_main_process_first():
         folder = ensure_dataset(cfg.data.root, name)
     tokenizer = load_tokenizer(folder / "tokenizer.json")
     streams = []
@@ -227,6 +229,7 @@ def setup(cfg: Config) -> Run:
             "mixed precision fp16 (from train.mixed_precision or the launch) needs a CUDA GPU; on CPU use bf16 or no"
         )
     fsdp.check_fsdp_runs(accelerator)
+    fsdp.set_mixed_precision(accelerator)  # FSDP: bf16/fp16 compute, fp32 gradient reduction
     if accelerator.distributed_type == DistributedType.FSDP and t.optimizer == "muon":
         # Muon orthogonalises whole matrices; FSDP hands each process a shard of every matrix
         raise UserError("train.optimizer=muon does not work with FSDP (sharded matrices); use adamw or DDP")
@@ -326,7 +329,8 @@ def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, toke
             f"{tokenizer.identity!r}; use the same data.dataset as the checkpoint"
         )
     fsdp.check_checkpoint_fits(folder, fsdp_run=accelerator.distributed_type == DistributedType.FSDP)
-    accelerator.load_state(str(folder))
+    with precision.scaler_state_optional(accelerator, folder):  # fp16 resuming a bf16/fp32 run: fresh scaler
+        accelerator.load_state(str(folder))
     # load_state restores accelerate's micro-step counter, counted in the saved run's accumulation
     # steps; checkpoints fall on optimizer-step boundaries, so it restarts at zero (elastic resume).
     accelerator.step = 0

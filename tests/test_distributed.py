@@ -13,16 +13,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate.utils import DistributedType
 from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from safetensors.torch import load_file
 
 from gpt.checkpoint import complete_checkpoints, latest_checkpoint, verify
 from gpt.config import ModelConfig
 from gpt.errors import UserError
-from gpt.fsdp import SHARDED_MODEL_DIR, accelerate_plugin, check_checkpoint_fits
+from gpt.fsdp import SHARDED_MODEL_DIR, accelerate_plugin, check_checkpoint_fits, set_mixed_precision
 from gpt.model import build_model
 
 from conftest import ROOT, TINY, accelerate_launch, env, free_port, run_script
@@ -146,6 +148,28 @@ def test_two_machines_on_loopback_train_the_same_model(config, one_process, data
 
 
 @pytest.mark.slow
+def test_machines_sharing_a_data_root_prepare_a_missing_builtin_dataset_once(tmp_path):
+    """Two "machines" (each process is its machine's local main) and one data.root without the set."""
+    shared, port = tmp_path / "shared-data", str(free_port())
+    args = [*SPLIT, "train.max_steps=2", "train.eval_windows=2", "train.final_eval=false",
+            f"data.root={shared}", "data.dataset=shakespeare_char"]  # fmt: skip
+
+    def machine(rank: int) -> list[str]:
+        return [
+            "--config_file", str(ROOT / "launch" / "multi_node_static.yaml"), "--num_machines", "2",
+            "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+            "--main_process_port", port, str(ROOT / "train.py"), *args, f"out_dir={tmp_path / 'run'}",
+        ]  # fmt: skip
+
+    launchers = [launch_in_background(*machine(r), log=tmp_path / f"machine-{r}.log", cwd=tmp_path) for r in (0, 1)]
+    codes = [p.wait(timeout=300) for p in launchers]
+    logs = [(tmp_path / f"machine-{rank}.log").read_text() for rank in (0, 1)]
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    prepared = [line for log in logs for line in log.splitlines() if line.startswith("prepared ")]
+    assert len(prepared) == 1 and prepared[0].startswith(f"prepared {shared / 'shakespeare_char'}:"), logs
+
+
+@pytest.mark.slow
 def test_bf16_on_cpu_trains_and_every_rank_ends_with_the_same_weights(tmp_path, data_root):
     """bf16 from the launch (train.mixed_precision=auto takes it), over two processes; kept on CPUs where
     bf16 is emulated too (train.cpu_bf16=always), so that every machine tests bf16."""
@@ -216,6 +240,42 @@ def test_the_fsdp_plugin_makes_one_unit_per_block():
     assert [name for name, module in model.named_modules() if policy(module)] == ["blocks.0", "blocks.1", "blocks.2"]
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_fsdp_computes_in_bf16_but_reduces_gradients_in_fp32(version, monkeypatch):
+    from torch.distributed.fsdp import MixedPrecision, MixedPrecisionPolicy
+
+    monkeypatch.setenv("FSDP_VERSION", str(version))  # what the launch config's fsdp_version becomes
+    plugin = accelerate_plugin()
+    plugin.set_mixed_precision("bf16")  # what accelerate does with the launch's mixed_precision
+    assert plugin.mixed_precision_policy.reduce_dtype == torch.bfloat16
+    fsdp_run = SimpleNamespace(
+        distributed_type=DistributedType.FSDP, mixed_precision="bf16", state=SimpleNamespace(fsdp_plugin=plugin)
+    )
+    set_mixed_precision(fsdp_run)
+    if version == 2:
+        want = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, output_dtype=None)
+    else:
+        want = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, buffer_dtype=torch.bfloat16)
+    assert plugin.mixed_precision_policy == want
+    set_mixed_precision(SimpleNamespace(**vars(fsdp_run) | {"mixed_precision": "no"}))
+    assert plugin.mixed_precision_policy is None  # fp32 throughout
+    set_mixed_precision(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, state=None))  # not FSDP: no-op
+
+
+@pytest.mark.slow
+def test_fsdp2_bf16_step_reduces_and_keeps_gradients_and_loss_in_fp32(tmp_path):
+    r = accelerate_launch(
+        "--config_file", CPU_CONFIG, "--num_processes", "2", "--main_process_port", str(free_port()),
+        str(HELPERS / "fsdp_precision.py"), str(tmp_path), cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, output(r)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["block_output"] == ["torch.bfloat16"] * 2  # the compute is bf16 ...
+    assert report["reduced"] == ["torch.float32"] * 3  # ... the reduce-scatter of every unit (once per step) fp32
+    assert report["grads"] == report["params"] == ["torch.float32"]
+    assert report["loss"] == ["torch.float32"] * 2  # from fp32 logits, and the output is not cast back
+
+
 def test_resuming_across_fsdp_and_ddp_is_refused_with_the_reason(tmp_path):
     plain, sharded = tmp_path / "step-1", tmp_path / "step-2"
     plain.mkdir()
@@ -260,31 +320,6 @@ def test_fsdp2_on_cpu_shards_per_block_and_a_sharded_checkpoint_exports_to_sampl
     assert "--- sample 1 of 1 ---" in s.stdout
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="accelerate runs FSDP only on CUDA GPUs")
-def test_fsdp_through_accelerate_on_gpus_saves_sharded_resumes_and_exports(tmp_path, data_root):
-    gpus = min(torch.cuda.device_count(), 2)
-    out = tmp_path / "fsdp-gpu"
-
-    def launch(*extra: str):
-        return accelerate_launch(
-            "--config_file", str(ROOT / "launch" / "fsdp.yaml"), "--num_processes", str(gpus),
-            "--main_process_port", str(free_port()), str(ROOT / "train.py"),
-            *run_args(data_root, out, "train.mixed_precision=auto", *extra), cwd=tmp_path,
-        )  # fmt: skip
-
-    r = launch()
-    assert r.returncode == 0, output(r)
-    assert "mixed precision bf16" in r.stdout
-    step = latest_checkpoint(out)
-    assert (step / "pytorch_model_fsdp_0").is_dir() and (step / "optimizer_0").is_dir()
-    assert (step / "model" / "model.safetensors").is_file()
-    r = launch("train.max_steps=30")
-    assert r.returncode == 0, output(r)
-    assert "resumed from" in r.stdout and latest_checkpoint(out).name == "step-0000030"
-    s = run_script("sample.py", "--out_dir", str(out), "--max_new_tokens", "20", "--num_samples", "1")
-    assert s.returncode == 0, s.stderr
-
-
 # ----------------------------------------------------------------------------------------------
 # SLURM
 
@@ -318,6 +353,38 @@ def test_slurm_script_derives_ranks_address_and_port_from_the_allocation(tmp_pat
         ["bash", str(ROOT / "launch" / "slurm.sbatch"), "--dry-run"], env=env(), capture_output=True, text=True
     )
     assert outside.returncode != 0 and "not inside a SLURM allocation" in outside.stderr
+
+
+@pytest.mark.parametrize(
+    "nodelist, main_host", [("gpu[07-09,12],cpu1", "gpu07"), ("n-[3-4]-ib", "n-3-ib"), ("a,b[1-2]", "a")]
+)
+def test_slurm_dry_run_works_without_scontrol(nodelist, main_host):
+    e = env(SLURM_JOB_ID="7", SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST=nodelist, SLURM_GPUS_ON_NODE="4")
+    assert subprocess.run(["bash", "-c", "command -v scontrol"], env=e).returncode != 0  # none on this PATH
+    r = subprocess.run(
+        ["bash", str(ROOT / "launch" / "slurm.sbatch"), "--dry-run", "shakespeare_char"],
+        env=e, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert [line.split("--main_process_ip ")[1].split()[0] for line in r.stdout.splitlines()] == [main_host] * 2
+
+
+@pytest.mark.parametrize("cpus", [{"SLURM_CPUS_PER_TASK": "32"}, {"SLURM_CPUS_ON_NODE": "16"}])
+def test_slurm_script_gives_each_node_task_the_cpus_of_the_allocation(cpus, tmp_path):
+    """srun does not inherit --cpus-per-task from sbatch (Slurm 22.05 and later): the script passes it."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "accelerate").write_text('#!/bin/bash\necho "launcher on node $SLURM_NODEID"\n')
+    (fake_bin / "accelerate").chmod(0o755)
+    e = slurm_env(tmp_path, nodes=2, FAKE_SRUN_LOG=str(tmp_path / "srun.log"), **cpus)
+    e["PATH"] = f"{fake_bin}{os.pathsep}{e['PATH']}"
+    r = subprocess.run(["bash", str(ROOT / "launch" / "slurm.sbatch"), "x"], env=e, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(line for line in r.stdout.splitlines() if line.startswith("launcher")) == [
+        "launcher on node 0", "launcher on node 1"
+    ]  # fmt: skip
+    options = (tmp_path / "srun.log").read_text().split()
+    assert f"--cpus-per-task={next(iter(cpus.values()))}" in options and "--ntasks-per-node=1" in options
 
 
 @pytest.mark.slow

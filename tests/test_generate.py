@@ -11,7 +11,7 @@ import torch
 from gpt.checkpoint import save_weights, write_export
 from gpt.config import ModelConfig
 from gpt.errors import UserError
-from gpt.generate import BatchDecoder, Sampling, filter_logits, generate_text, generate_tokens, sample_ids
+from gpt.generate import BatchDecoder, Sampling, filter_logits, generate_text, generate_tokens, pick_dtype, sample_ids
 from gpt.model import GPT, KVCache
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer
 
@@ -282,3 +282,43 @@ def test_sample_script_refuses_bad_options_before_loading(tmp_path):
     r = run_script("sample.py", "--out_dir", str(tmp_path / "nothing"), "--top_p", "1.5")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "top_p must be in (0, 1]" in r.stderr
+
+
+class FakeGPUs:
+    """torch.cuda as seen on a machine with an A100 as cuda:0 and a V100 as cuda:1: the V100 has no
+    bf16 tensor cores, but torch reports bf16 as supported there by emulation unless told not to."""
+
+    def __init__(self, monkeypatch):
+        self.current = 0
+        native = {0: True, 1: False}
+        fake = self
+
+        class device:  # torch.cuda.device: selects a device for the duration of a block
+            def __init__(self, d):
+                self.index = torch.device(d).index
+
+            def __enter__(self):
+                self.previous = fake.current
+                fake.current = self.index if self.index is not None else fake.current
+
+            def __exit__(self, *exc):
+                fake.current = self.previous
+
+        def is_bf16_supported(including_emulation: bool = True) -> bool:  # of the current device
+            return native[fake.current] or including_emulation
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device", device)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+
+
+@pytest.mark.parametrize("current", [0, 1])
+def test_auto_dtype_is_bf16_only_on_gpus_with_native_bf16_and_asks_the_chosen_gpu(monkeypatch, current):
+    gpus = FakeGPUs(monkeypatch)
+    gpus.current = current
+    assert pick_dtype("auto", "cuda:0") == torch.bfloat16
+    assert pick_dtype("auto", "cuda:1") == torch.float16  # emulated bf16 is slow: fp16 instead
+    assert pick_dtype("auto", "cuda") == (torch.bfloat16 if current == 0 else torch.float16)
+    assert gpus.current == current  # the selection is restored
+    assert pick_dtype("auto", "cpu") == torch.float32
+    assert pick_dtype("bfloat16", "cuda:1") == torch.bfloat16  # asked for explicitly

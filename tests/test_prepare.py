@@ -386,6 +386,7 @@ def test_gpt2_124m_preset_is_the_reproduction_setup():
     cfg = load_config(["gpt2_124m_fineweb"])
     assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (12, 12, 768, 1024)
     assert cfg.train.batch_size * cfg.model.block_size == 524_288  # ~0.5M tokens per step
+    assert cfg.model.gelu == load_config(["bench_gpt2_124m"]).model.gelu == "tanh"  # GPT-2's GELU
     assert [accumulation_steps(cfg.train.batch_size, cfg.train.micro_batch_size, n) for n in (1, 2, 4, 8)] == [
         8,
         4,
