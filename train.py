@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from gpt.config import help_text, load_config
 from gpt.errors import run_main
+from gpt.signals import catch_stop_signals
 
 
 def main(argv: list[str]) -> int:
@@ -22,6 +23,7 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         print(help_text("train.py"))
         return 0
+    catch_stop_signals()  # first: a stop signal during start-up exits with code 75 instead of killing
     cfg = load_config(argv)
     from gpt.trainer import train  # after the config is known good: a typo fails fast, before torch loads
 
