@@ -9,9 +9,9 @@ from typing import NoReturn
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
-# Set by gpt.launch for the processes it starts: it prints their UserErrors itself, once for the job.
+# Set by gpt.launch for the processes it starts: it prints their one-line errors itself, once for the job.
 LAUNCHER_REPORTS_ERRORS = "GPT_LAUNCHER_REPORTS_ERRORS"
-ERROR_FILE_KEY = "user_error"  # where the message goes in torch elastic's per-process error file
+ERROR_FILE_KEY = "one_line_error"  # where the message goes in torch elastic's per-process error file
 
 
 class UserError(Exception):
@@ -20,6 +20,12 @@ class UserError(Exception):
     The message says what was wrong and what to do about it. Entry points catch it, print it on one
     line and exit with code 2.
     """
+
+
+def print_error(message: str) -> None:
+    """``error: message`` on stderr, or handed to gpt.launch to print once for the whole job."""
+    if not report_to_launcher(message):
+        print(f"error: {message}", file=sys.stderr, flush=True)
 
 
 def report_to_launcher(message: str) -> bool:
@@ -43,8 +49,7 @@ def run_main(main: Callable[[list[str]], int]) -> NoReturn:
     try:
         code = main(sys.argv[1:])
     except UserError as e:
-        if not report_to_launcher(str(e)):
-            print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         code = EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

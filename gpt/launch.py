@@ -15,7 +15,7 @@ this process; what differs is how the job ends:
 - The exit code is the training processes': 0 done, 2 bad input, 75 stopped with the work saved
   (resume with the same command), 130 aborted. accelerate's launcher turns any of them into 1 and
   adds its own traceback.
-- A bad-input error raised by every process of the job is printed once, on one line.
+- An error raised by every process of the job (bad input, say) is printed once, on one line.
 
 How: the launcher runs on a thread, so neither accelerate nor torch's elastic agent installs its
 signal handlers (both install them only on the main thread); this process keeps its own and sends
@@ -36,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from gpt.errors import ERROR_FILE_KEY, EXIT_INTERRUPTED, EXIT_USER_ERROR, LAUNCHER_REPORTS_ERRORS, run_main
+from gpt.errors import ERROR_FILE_KEY, EXIT_INTERRUPTED, LAUNCHER_REPORTS_ERRORS, run_main
 from gpt.signals import EXIT_PREEMPTED, STOP_SIGNALS, signal_name
 
 POLL_S = 0.1  # how often the main thread passes pending signals on to new child processes
@@ -50,9 +50,10 @@ def exit_status(returncode: int) -> int:
 def failures_exit_code(failures: dict[int, Any]) -> int:
     """The job's exit code from torch elastic's failed processes (global rank -> ProcessFailure).
 
-    Bad-input errors the processes reported (gpt.errors.report_to_launcher) are printed once each,
-    in rank order, and give code 2. Otherwise the code is that of the first process to fail by
-    itself: one killed by a signal is most likely one the agent stopped after another had failed.
+    The one-line errors the processes reported (gpt.errors.print_error: bad input, a process that
+    stopped answering) are printed once each, in rank order. The code is that of the first process
+    to fail by itself: one killed by a signal is most likely one the agent stopped after another
+    had failed.
     """
     printed = []
     for rank in sorted(failures):
@@ -60,11 +61,9 @@ def failures_exit_code(failures: dict[int, Any]) -> int:
         if message is not None and message not in printed:
             print(f"error: {message}" if not printed else f"error (rank {rank}): {message}", file=sys.stderr)
             printed.append(message)
-    if printed:
-        return EXIT_USER_ERROR
     rank, first = min(failures.items(), key=lambda item: (item[1].exitcode < 0, item[1].timestamp, item[0]))
     code = exit_status(first.exitcode)
-    if code not in (EXIT_PREEMPTED, EXIT_INTERRUPTED):  # those processes said why themselves
+    if not printed and code not in (EXIT_PREEMPTED, EXIT_INTERRUPTED):  # those processes said why themselves
         print(f"training process of rank {rank} failed with exit code {code}", file=sys.stderr)
     return code
 

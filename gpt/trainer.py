@@ -18,17 +18,24 @@ import string
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, GradientAccumulationPlugin, ProjectConfiguration, set_seed
+from accelerate.utils import (
+    DistributedType,
+    GradientAccumulationPlugin,
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+    set_seed,
+)
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
-from gpt import fsdp, hf, perf, signals
+from gpt import collective, fsdp, hf, perf, signals
 from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
@@ -194,6 +201,7 @@ def setup(cfg: Config) -> Run:
         dynamo_backend="inductor" if t.compile else "no",
         step_scheduler_with_optimizer=False,
         fsdp_plugin=fsdp.accelerate_plugin() if fsdp.fsdp_requested() else None,  # one unit per Block
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=t.collective_timeout_s))],
     )
     if accelerator.num_processes != launched:
         raise UserError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}")
@@ -471,7 +479,12 @@ def train(cfg: Config) -> TrainResult:
     """Train as the config says; returns the final metrics. Exits with signals.EXIT_PREEMPTED on a
     stop signal, after saving a checkpoint if it came during the training loop (gpt.signals)."""
     with signals.stop_signals() as stop:
-        return train_until_stopped(cfg, stop)
+        try:
+            return train_until_stopped(cfg, stop)
+        except RuntimeError as e:
+            if not collective.is_timeout(e):
+                raise
+            collective.exit_on_timeout(cfg.train.collective_timeout_s)  # names the processes that did not answer
 
 
 def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:

@@ -3,6 +3,7 @@ and ends the job with code 75; bad input ends it with one line and code 2 (gpt.s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 
 from gpt.checkpoint import latest_checkpoint
@@ -20,8 +22,8 @@ from gpt.launch import SignalForwarder, failures_exit_code
 from conftest import ROOT, TINY, env, free_port, run_script
 
 CPU_CONFIG = str(ROOT / "launch" / "cpu_multiprocess.yaml")
-LONG = [*TINY, "train.max_steps=100000", "train.log_interval=1", "train.micro_batch_size=4", "train.eval_interval=100000",
-        "train.checkpoint_interval=100000", "train.final_eval=false"]  # fmt: skip
+LONG = [*TINY, "train.max_steps=100000", "train.log_interval=1", "train.micro_batch_size=4",
+        "train.eval_interval=100000", "train.checkpoint_interval=100000", "train.final_eval=false"]  # fmt: skip
 
 
 def launcher_args(processes: int) -> list[str]:
@@ -93,11 +95,12 @@ def test_a_stop_signal_to_the_launcher_saves_every_process_and_exits_75(data_roo
     assert proc.returncode == 75, stdout[-3000:] + stderr[-3000:]
     step = checkpoint_step(out)
     assert step == max(logged_steps(out)) >= 2  # saved at the step it stopped at, after the signal
-    assert f"stopped by SIG" in stdout and f"at step {step}; resume with resume=auto" in stdout
+    assert "stopped by SIG" in stdout and f"at step {step}; resume with resume=auto" in stdout
     assert "Traceback" not in stderr and "signal None" not in stdout
     if processes == 2:  # every process wrote its part (its RNG state) into the checkpoint
         assert {p.name for p in latest_checkpoint(out).glob("random_states_*.pkl")} == {
-            "random_states_0.pkl", "random_states_1.pkl"
+            "random_states_0.pkl",
+            "random_states_1.pkl",
         }
 
 
@@ -188,7 +191,8 @@ def test_bad_input_under_the_launcher_is_one_line_and_exit_code_2(tmp_path, proc
 
 
 def failure(exitcode: int, timestamp: int = 0, error: str | None = None) -> SimpleNamespace:
-    return SimpleNamespace(exitcode=exitcode, timestamp=timestamp, error_file_data={"user_error": error} if error else {})
+    reported = {"one_line_error": error} if error else {}
+    return SimpleNamespace(exitcode=exitcode, timestamp=timestamp, error_file_data=reported)
 
 
 def test_the_job_exit_code_is_the_first_process_to_fail_by_itself(capsys):
@@ -217,3 +221,29 @@ def test_a_process_killed_by_the_stop_signal_passed_on_counts_as_stopped():
     forwarder.received.append(signal.SIGINT)  # a second Ctrl-C aborts
     assert code(forwarder, 128 + signal.SIGINT) == 130
     assert SignalForwarder.to_send(forwarder, 1) == signal.SIGINT
+
+
+# ----------------------------------------------------------------------------------------------
+# A stalled process
+
+
+@pytest.mark.slow
+def test_a_stalled_process_ends_the_job_with_a_line_naming_it(data_root, tmp_path):
+    out = tmp_path / "run"
+    cmd = gpt_launch(2, *run_args(data_root, out, "train.collective_timeout_s=5"))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env(TORCH_ELASTIC_SHUTDOWN_TIMEOUT="2"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    lines = wait_for_step(proc)
+    workers = psutil.Process(proc.pid).children()
+    rank1 = next(w for w in workers if w.environ().get("RANK") == "1")
+    rank1.suspend()  # SIGSTOP: alive, holding its connections, answering nothing
+    try:
+        stdout, stderr = finish(proc, lines)
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            rank1.kill()
+    assert proc.returncode == 1
+    assert stderr.splitlines() == [
+        "error: rank 1 did not answer for train.collective_timeout_s (5 s) (stopped, hung or gone); the job ends, "
+        "resume it from the last checkpoint with resume=auto"
+    ]
