@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
+from gpt import signals
 from gpt.checkpoint import latest_checkpoint
 from gpt.launch import SignalForwarder, failures_exit_code
 
@@ -78,8 +79,7 @@ def checkpoint_step(out: Path) -> int:
     [
         (1, signal.SIGTERM, False),  # docker stop / kubernetes: SIGTERM to PID 1, the launcher
         (1, signal.SIGINT, True),  # Ctrl-C: the terminal signals the whole process group
-        (2, signal.SIGUSR1, False),  # sbatch --signal=B:USR1@120
-        (2, signal.SIGINT, False),  # kill -INT: like SIGTERM
+        (2, signal.SIGUSR1, False),  # sbatch --signal=B:USR1@120; then resumed
     ],
 )
 def test_a_stop_signal_to_the_launcher_saves_every_process_and_exits_75(data_root, tmp_path, processes, sig, to_group):
@@ -96,22 +96,11 @@ def test_a_stop_signal_to_the_launcher_saves_every_process_and_exits_75(data_roo
     assert step == max(logged_steps(out)) >= 2  # saved at the step it stopped at, after the signal
     assert "stopped by SIG" in stdout and f"at step {step}; resume with resume=auto" in stdout
     assert "Traceback" not in stderr and "signal None" not in stdout
-    if processes == 2:  # every process wrote its part (its RNG state) into the checkpoint
-        assert {p.name for p in latest_checkpoint(out).glob("random_states_*.pkl")} == {
-            "random_states_0.pkl",
-            "random_states_1.pkl",
-        }
-
-
-@pytest.mark.slow
-def test_a_stopped_run_resumes_with_the_same_command(data_root, tmp_path):
-    out = tmp_path / "run"
-    proc = start(gpt_launch(2, *run_args(data_root, out)), tmp_path)
-    lines = wait_for_step(proc)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = finish(proc, lines)
-    assert proc.returncode == 75, stderr[-3000:]
-    step = checkpoint_step(out)
+    if processes == 1:
+        return
+    # every process wrote its part (its RNG state) into the checkpoint, and the same command continues
+    written = {p.name for p in latest_checkpoint(out).glob("random_states_*.pkl")}
+    assert written == {"random_states_0.pkl", "random_states_1.pkl"}
     r = subprocess.run(gpt_launch(2, *run_args(data_root, out, f"train.max_steps={step + 2}")), cwd=tmp_path,
                        env=env(), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
@@ -120,11 +109,10 @@ def test_a_stopped_run_resumes_with_the_same_command(data_root, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("processes", [1, 2])
-def test_training_processes_save_and_stop_when_plain_accelerate_launch_dies_of_sigusr1(data_root, tmp_path, processes):
-    """accelerate's own launcher dies of SIGUSR1; its training processes notice and save."""
+def test_the_training_process_saves_and_stops_when_plain_accelerate_launch_dies_of_sigusr1(data_root, tmp_path):
+    """accelerate's own launcher dies of SIGUSR1; its training process notices and saves."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args(processes), str(ROOT / "train.py"),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args(1), str(ROOT / "train.py"),
            *run_args(data_root, out)]  # fmt: skip
     proc = start(cmd, tmp_path)
     lines = wait_for_step(proc)
@@ -183,6 +171,50 @@ def test_bad_input_under_the_launcher_is_one_line_and_exit_code_2(tmp_path, proc
     assert r.stderr.splitlines() == [
         "error: unknown config key 'train.bogus': did you mean 'train.beta2'? (see train.py --help)"
     ]
+
+
+# ----------------------------------------------------------------------------------------------
+# In one process: the handlers (gpt.signals)
+
+
+@pytest.fixture
+def stop_request():
+    stop = signals.StopRequest(watch_parent=False)
+    yield stop
+    stop.uninstall()
+
+
+def deliver(sig: int) -> None:
+    """Signal this process and let the handler run (CPython runs it in the main thread, between bytecodes)."""
+    os.kill(os.getpid(), sig)
+    for _ in range(1000):
+        time.sleep(0.001)
+
+
+def test_outside_the_training_loop_a_stop_signal_exits_75_at_once(stop_request, capsys):
+    with pytest.raises(SystemExit) as exited:
+        deliver(signal.SIGUSR1)  # as during start-up or the final evaluation
+    assert exited.value.code == 75 and stop_request.signum == signal.SIGUSR1
+    assert "stopped by SIGUSR1 outside the training loop" in capsys.readouterr().out
+
+
+def test_in_the_training_loop_a_stop_signal_is_noted_and_a_second_ctrl_c_aborts(stop_request):
+    stop_request.deferring = True
+    deliver(signal.SIGINT)
+    deliver(signal.SIGTERM)  # the launcher passing the same stop on: noted already, nothing more
+    assert stop_request.signum == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):
+        deliver(signal.SIGINT)
+    stop_request.deferring = False
+    with pytest.raises(SystemExit):  # after the loop: still requested, so it exits (the checkpoint is saved)
+        stop_request.exit_if_requested()
+
+
+def test_the_handlers_are_removed_after_training_called_from_python():
+    before = signal.getsignal(signal.SIGTERM)
+    with signals.stop_signals() as stop:
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 # ----------------------------------------------------------------------------------------------
