@@ -16,6 +16,7 @@ operation and the rank that waited.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import NoReturn
@@ -35,10 +36,12 @@ def roll_call(wait_s: float) -> list[int]:
     """Check in at the job's store and wait up to ``wait_s`` for the others; returns the ranks that
     did not check in."""
     store = dist.distributed_c10d._get_default_store()  # the rendezvous store, up while collectives are not
-    store.set(f"gpt/roll_call/{dist.get_rank()}", "here")
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # the store outlives a restart of the processes
+    key = f"gpt/roll_call/{attempt}/{{}}".format
+    store.set(key(dist.get_rank()), "here")
     missing, deadline = list(range(dist.get_world_size())), time.monotonic() + wait_s
     while True:
-        missing = [rank for rank in missing if not store.check([f"gpt/roll_call/{rank}"])]
+        missing = [rank for rank in missing if not store.check([key(rank)])]
         if not missing or time.monotonic() > deadline:
             return missing
         time.sleep(0.2)
