@@ -130,11 +130,8 @@ class SignalForwarder:
     def job_exit_code(self, code: int) -> int:
         """The training processes' code, except that one killed by the stop signal we sent (it came
         before the process installed its handler, during start-up: nothing to save) counts as stopped."""
-        if code in {128 + self.to_send(i) for i in range(len(self.received))} - {128 + signal.SIGINT}:
-            return EXIT_PREEMPTED
-        if code == 128 + signal.SIGINT:
-            return EXIT_INTERRUPTED
-        return code
+        stop_codes = {128 + self.to_send(i) for i in range(len(self.received))} - {128 + signal.SIGINT}
+        return EXIT_PREEMPTED if code in stop_codes else code
 
 
 def main(argv: list[str]) -> int:
@@ -143,6 +140,7 @@ def main(argv: list[str]) -> int:
     parser = launch_command_parser()
     parser.prog = "python -m gpt.launch"
     args = parser.parse_args(argv)
+    args.quiet = False  # with --quiet accelerate exits 1 itself, hiding the processes' code; we print no traceback
     os.environ[LAUNCHER_REPORTS_ERRORS] = "1"
     # the elastic agent's log lines about each process's exit and its own signal handling: this
     # command reports the outcome itself (failures_exit_code)

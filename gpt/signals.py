@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,9 +83,9 @@ class StopRequest:
         sys.exit(EXIT_PREEMPTED)
 
     def _watch_parent(self, parent: int) -> None:
-        stopped = threading.Event()  # never set: a plain sleep that does not hold the GIL
-        while not stopped.wait(PARENT_POLL_S):
-            if os.getppid() != parent:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            if os.getppid() != parent:  # re-parented: the launcher exited
                 with contextlib.suppress(OSError):  # the launcher may have held our output pipe
                     print(f"the launcher (pid {parent}) is gone: stopping as on SIGTERM", flush=True)
                 os.kill(os.getpid(), signal.SIGTERM)
