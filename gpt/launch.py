@@ -135,6 +135,7 @@ class SignalForwarder:
 
 
 def main(argv: list[str]) -> int:
+    forwarder = SignalForwarder()  # first: accelerate takes seconds to import
     from accelerate.commands.launch import launch_command_parser
 
     parser = launch_command_parser()
@@ -145,7 +146,8 @@ def main(argv: list[str]) -> int:
     # the elastic agent's log lines about each process's exit and its own signal handling: this
     # command reports the outcome itself (failures_exit_code)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    forwarder = SignalForwarder()
+    if forwarder.received:  # stopped before anything started
+        return EXIT_PREEMPTED
     outcome: dict[str, int] = {}
     launcher = threading.Thread(target=lambda: outcome.update(code=run_launcher(args)), name="launcher", daemon=True)
     launcher.start()
