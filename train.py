@@ -5,6 +5,7 @@
     accelerate launch train.py model.n_layer=6 train.max_steps=5000 out_dir=out/deeper
     accelerate launch --config_file launch/single_node.yaml train.py gpt2_owt
     python train.py ...                                         # one process, no launcher needed
+    python -m gpt.launch train.py ...                           # as accelerate launch, for jobs: exit 75 on SIGTERM
     python train.py --help                                      # every config key
 
 Checkpoints, the exported model, metrics.jsonl and W&B files go to out_dir; run it again and it
