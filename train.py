@@ -5,6 +5,7 @@
     accelerate launch train.py model.n_layer=6 train.max_steps=5000 out_dir=out/deeper
     accelerate launch --config_file launch/single_node.yaml train.py gpt2_124m_fineweb
     python train.py ...                                         # one process, no launcher needed
+    python -m gpt.launch train.py ...                           # as accelerate launch, for jobs: exit 75 on SIGTERM
     python train.py --help                                      # every config key
 
 Checkpoints, the exported model, metrics.jsonl and W&B files go to out_dir; run it again and it
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from gpt.config import help_text, load_config
 from gpt.errors import run_main
+from gpt.signals import catch_stop_signals
 
 
 def main(argv: list[str]) -> int:
@@ -22,6 +24,7 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         print(help_text("train.py"))
         return 0
+    catch_stop_signals()  # first: a stop signal during start-up exits with code 75 instead of killing
     cfg = load_config(argv)
     from gpt.trainer import train  # after the config is known good: a typo fails fast, before torch loads
 

@@ -210,6 +210,12 @@ class TrainConfig:
         "training ends when it is spent (or at max_steps), and the learning-rate decay follows elapsed time "
         "instead of steps. 0: no budget.",
     )
+    collective_timeout_s: float = doc(
+        600.0,
+        "Seconds a process waits in an operation with the others (gradient all-reduce, barrier) before the job "
+        "ends with an error naming the ranks that did not answer: a stalled process stops the job instead of "
+        "hanging it. Raise it if one process can be busy alone for longer (preparing a large data set).",
+    )
     optimizer: Literal["adamw", "muon"] = doc(
         "adamw", "'adamw', or 'muon': Muon for the blocks' 2-D weight matrices and AdamW for everything else."
     )
@@ -570,7 +576,7 @@ def validate(cfg: Config) -> None:
         "train.micro_batch_size": t.micro_batch_size, "train.log_interval": t.log_interval,
         "train.eval_interval": t.eval_interval, "train.eval_windows": t.eval_windows,
         "train.checkpoint_interval": t.checkpoint_interval, "train.keep_last": t.keep_last,
-        "train.eval_sample_tokens": t.eval_sample_tokens,
+        "train.eval_sample_tokens": t.eval_sample_tokens, "train.collective_timeout_s": t.collective_timeout_s,
     }  # fmt: skip
     for key, value in positive.items():
         if value <= 0:

@@ -204,6 +204,15 @@ def final_evaluation(
     return metrics
 
 
+def final_evaluation_done(out_dir: str | Path, step: int) -> bool:
+    """Whether out_dir/eval.json holds the final evaluation of ``step`` (a run stopped during its
+    final evaluation has a checkpoint at its last step but no such file: a restart runs it)."""
+    try:
+        return json.loads((Path(out_dir) / "eval.json").read_text()).get("step") == step
+    except (OSError, ValueError):
+        return False
+
+
 # ----------------------------------------------------------------------------------------------
 # The command
 

@@ -14,27 +14,33 @@ import json
 import math
 import os
 import secrets
-import signal
 import string
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, GradientAccumulationPlugin, ProjectConfiguration, set_seed
+from accelerate.utils import (
+    DistributedType,
+    GradientAccumulationPlugin,
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+    set_seed,
+)
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
-from gpt import cpu, fsdp, hf, perf, precision
+from gpt import collective, cpu, fsdp, hf, perf, precision, signals
 from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, DocumentStarts, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
-from gpt.evaluate import final_evaluation
+from gpt.evaluate import final_evaluation, final_evaluation_done
 from gpt.hellaswag import InLoopTasks
 from gpt.mixture import Mixture, Source, describe_data, parse_mixture
 from gpt.model import build_model, num_params
@@ -45,9 +51,6 @@ from gpt.schedule import check_schedule, lr_at
 from gpt.spike import SpikeGuard
 from gpt.tokenizer import Tokenizer, load_tokenizer
 from gpt.tracking import Tracking
-
-EXIT_PREEMPTED = 75  # training stopped by SIGTERM/SIGUSR1 after saving; resume with resume=auto
-
 
 # ----------------------------------------------------------------------------------------------
 # Pure helpers: derived sizes, learning rate, parameter groups
@@ -215,6 +218,7 @@ def setup(cfg: Config) -> Run:
         dynamo_backend="inductor" if t.compile else "no",
         step_scheduler_with_optimizer=False,
         fsdp_plugin=fsdp.accelerate_plugin() if fsdp.fsdp_requested() else None,  # one unit per Block
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=t.collective_timeout_s))],
     )
     if precision_note:
         print0(accelerator, precision_note)
@@ -465,23 +469,6 @@ class TrainResult:
     is_main_process: bool
 
 
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1 (what schedulers send before preempting or at a time limit)."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous = {}
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signum
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 class MetricsLog:
     """metrics.jsonl in the run directory (main process), one JSON object per logging event."""
 
@@ -547,7 +534,18 @@ def batch_stream(run: Run, start_step: int) -> BatchStream:
 
 
 def train(cfg: Config) -> TrainResult:
-    """Train as the config says; returns the final metrics. Exits with EXIT_PREEMPTED on a stop signal."""
+    """Train as the config says; returns the final metrics. Exits with signals.EXIT_PREEMPTED on a
+    stop signal, after saving a checkpoint if it came during the training loop (gpt.signals)."""
+    with signals.stop_signals() as stop:
+        try:
+            return train_until_stopped(cfg, stop)
+        except RuntimeError as e:
+            if not collective.is_timeout(e):
+                raise
+            collective.exit_on_timeout(cfg.train.collective_timeout_s)  # names the processes that did not answer
+
+
+def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
     run = setup(cfg)
     accelerator, model, t = run.accelerator, run.model, cfg.train
     device = accelerator.device
@@ -563,7 +561,7 @@ def train(cfg: Config) -> TrainResult:
         f"{num_params(accelerator.unwrap_model(model)):,} parameters",
     )
     print0(accelerator, describe_data(run.mixture))
-    if run.start_step >= t.max_steps:
+    if run.start_step >= t.max_steps and (not t.final_eval or final_evaluation_done(cfg.out_dir, run.start_step)):
         print0(accelerator, f"{cfg.out_dir} is already trained to step {run.start_step} (train.max_steps is "
                             f"{t.max_steps}); raise train.max_steps to train further")  # fmt: skip
         accelerator.end_training()
@@ -582,11 +580,11 @@ def train(cfg: Config) -> TrainResult:
     batches = batch_stream(run, step)
     rows_seen = run.mixture.rows_seen(range(step), t.batch_size)  # per dataset, for tokens/<name>
     budget = TimeBudget(accelerator, t.time_budget_s, run.elapsed_s)
-    stop = StopFlag()
     progress = make_progress(accelerator, step, t.max_steps)
     last: dict[str, Any] = {}
     timer_start, timer_steps = time.perf_counter(), 0
     model.train()
+    stop.deferring = True  # in the loop a stop signal only sets a flag, acted on after the step
     try:
         while step < t.max_steps and not budget.spent:
             lr = lr_at(step, t, budget.fraction)
@@ -625,7 +623,7 @@ def train(cfg: Config) -> TrainResult:
                     items_per_pass = max(1, t.micro_batch_size // 4)
                     record |= tasks.evaluate(model, cfg.model.block_size, run.model_cfg.vocab_size, items_per_pass,
                                              accelerator)  # fmt: skip
-            stopping = stop_requested(accelerator, stop, check=bool(record) or step % t.checkpoint_interval == 0)
+            stopping = stop.agreed(accelerator, check=bool(record) or step % t.checkpoint_interval == 0)
             if record:
                 record |= {"step": step, "tokens": step * tokens_per_step}
                 last |= record
@@ -640,13 +638,14 @@ def train(cfg: Config) -> TrainResult:
             if record or saving:  # throughput is measured over training steps only
                 timer_start, timer_steps = time.perf_counter(), 0
             if stopping:
-                print0(accelerator, f"stopped by signal {stop.signal} at step {step}; resume with resume=auto")
+                print0(accelerator, f"stopped by {stopping} at step {step}; resume with resume=auto")
                 accelerator.end_training()
-                sys.exit(EXIT_PREEMPTED)
+                sys.exit(signals.EXIT_PREEMPTED)
     finally:
         batches.close()
         progress.close()
-        stop.restore()
+        stop.deferring = False
+    stop.exit_if_requested()  # came after the last check: the checkpoint is saved, the final evaluation runs on restart
     if t.final_eval:  # the full pass over val (gpt.evaluate): logged as final/val/*, written to out_dir/eval.json
         final = {}
         for label, data in run.mixture.final_splits():
@@ -659,17 +658,6 @@ def train(cfg: Config) -> TrainResult:
     accelerator.end_training()
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     return TrainResult(step, last, unwrapped, accelerator.is_main_process)
-
-
-def stop_requested(accelerator: Accelerator, stop: StopFlag, check: bool) -> bool:
-    """Whether any process got a stop signal. Processes agree through a collective, so it is only
-    asked at logging, evaluation and checkpoint steps (always, with a single process)."""
-    if accelerator.num_processes == 1:
-        return stop.signal is not None
-    if not check:
-        return False
-    flag = torch.tensor([1.0 if stop.signal is not None else 0.0], device=accelerator.device)
-    return accelerator.reduce(flag, reduction="sum").item() > 0
 
 
 def make_progress(accelerator: Accelerator, start: int, total: int):

@@ -345,7 +345,7 @@ def test_slurm_script_derives_ranks_address_and_port_from_the_allocation(tmp_pat
     assert len(lines) == 3
     for node, line in enumerate(lines):
         assert line == (
-            f"node {node}: accelerate launch --config_file launch/multi_node_static.yaml --num_machines 3 "
+            f"node {node}: python -m gpt.launch --config_file launch/multi_node_static.yaml --num_machines 3 "
             f"--num_processes 24 --machine_rank {node} --main_process_ip gpu-a --main_process_port 24242 "
             r"train.py shakespeare_char out_dir=/shared/run\ 1 resume=auto"
         )
@@ -387,32 +387,49 @@ def test_slurm_script_gives_each_node_task_the_cpus_of_the_allocation(cpus, tmp_
     assert f"--cpus-per-task={next(iter(cpus.values()))}" in options and "--ntasks-per-node=1" in options
 
 
+def start_slurm_job(cmd: list[str], e: dict[str, str], cwd: Path, log: Path, out: Path) -> subprocess.Popen:
+    """Start the batch script and wait until training has logged a step after any resume."""
+    logged = len(metrics(out)) if (out / "metrics.jsonl").exists() else 0
+    job = subprocess.Popen(cmd, env=e, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not ((out / "metrics.jsonl").exists() and len(metrics(out)) > logged):
+        assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+    return job
+
+
 @pytest.mark.slow
 def test_slurm_script_stops_on_usr1_requeues_and_the_requeued_job_resumes(tmp_path, data_root):
     """Two "nodes" on this machine (srun and scontrol faked): SIGUSR1 before the time limit makes
-    every training process save and stop, the job is requeued, and running it again continues."""
+    every training process save and stop, the job is requeued, and running it again continues;
+    SIGTERM (preemption) saves and stops the same way, with exit code 75 and no requeue of our own."""
     out = tmp_path / "slurm"
     args = run_args(data_root, out, "train.max_steps=100", "train.eval_interval=1000", "train.checkpoint_interval=1000")
     e = slurm_env(tmp_path, nodes=2, MAIN_PORT=str(free_port()))
     cmd = ["bash", str(ROOT / "launch" / "slurm.sbatch"), *args]
     log = tmp_path / "job-1.log"
-    job = subprocess.Popen(cmd, env=e, cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):
-        assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.05)
+    job = start_slurm_job(cmd, e, tmp_path, log, out)
     job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@120 does
     assert job.wait(timeout=120) == 0, log.read_text()[-3000:]
     first = log.read_text()
     stopped_at = int(latest_checkpoint(out).name.split("-")[1])
     assert 0 < stopped_at < 100, first[-3000:]
-    assert f"stopped by signal {int(signal.SIGUSR1)} at step {stopped_at}" in first
+    assert f"stopped by SIGUSR1 at step {stopped_at}" in first and "Traceback" not in first
     assert (tmp_path / "scontrol.log").read_text().splitlines() == ["requeue 4242"]
 
-    second = subprocess.run(cmd, env=e, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, output(second)
-    assert "resumed from" in second.stdout and f"at step {stopped_at}" in second.stdout
-    assert latest_checkpoint(out).name == "step-0000100"
+    log = tmp_path / "job-2.log"
+    job = start_slurm_job(cmd, e, tmp_path, log, out)
+    job.send_signal(signal.SIGTERM)  # preemption: SLURM requeues the job itself
+    assert job.wait(timeout=120) == 75, log.read_text()[-3000:]
+    second = log.read_text()
+    assert "resumed from" in second and f"at step {stopped_at}" in second
+    preempted_at = int(latest_checkpoint(out).name.split("-")[1])
+    assert stopped_at < preempted_at < 100 and f"stopped by SIGUSR1 at step {preempted_at}" in second
+    assert (tmp_path / "scontrol.log").read_text().splitlines() == ["requeue 4242"]  # no requeue of our own
+
+    third = subprocess.run(cmd, env=e, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, output(third)
+    assert f"at step {preempted_at}" in third.stdout and latest_checkpoint(out).name == "step-0000100"
     logged = [m["step"] for m in metrics(out) if "train/loss" in m]
     assert logged == list(range(1, 101))  # every step logged once, none repeated
     assert (tmp_path / "scontrol.log").read_text().splitlines() == ["requeue 4242"]  # no second requeue

@@ -86,7 +86,7 @@ def test_sigterm_saves_and_exits_with_the_preemption_code(data_root, tmp_path):
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 75, stderr
-    assert "stopped by signal" in stdout
+    assert "stopped by SIGTERM at step" in stdout
     stopped = latest_checkpoint(out)
     step = json.loads((stopped / "trainer_state.json").read_text())["step"]
     assert step == max(losses(out)) and step < 100000
