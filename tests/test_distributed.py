@@ -374,8 +374,8 @@ def test_slurm_script_gives_each_node_task_the_cpus_of_the_allocation(cpus, tmp_
     """srun does not inherit --cpus-per-task from sbatch (Slurm 22.05 and later): the script passes it."""
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    (fake_bin / "accelerate").write_text('#!/bin/bash\necho "launcher on node $SLURM_NODEID"\n')
-    (fake_bin / "accelerate").chmod(0o755)
+    (fake_bin / "python").write_text('#!/bin/bash\necho "launcher on node $SLURM_NODEID"\n')  # the node's launcher
+    (fake_bin / "python").chmod(0o755)
     e = slurm_env(tmp_path, nodes=2, FAKE_SRUN_LOG=str(tmp_path / "srun.log"), **cpus)
     e["PATH"] = f"{fake_bin}{os.pathsep}{e['PATH']}"
     r = subprocess.run(["bash", str(ROOT / "launch" / "slurm.sbatch"), "x"], env=e, capture_output=True, text=True)
