@@ -10,7 +10,6 @@ batches and learning rates at every step.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import secrets
@@ -29,7 +28,7 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin, Projec
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
-from gpt import fsdp, hf, perf
+from gpt import fsdp, guards, hf, perf, resume, runfiles
 from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
@@ -144,6 +143,8 @@ class Run:
     wandb_mode: str
     resumed_metrics: dict[str, float]  # the evaluation stored in the checkpoint resumed from
     elapsed_s: float  # wall-clock seconds spent by earlier attempts of this run (from the checkpoint)
+    watch: guards.FiniteWatch  # non-finite steps, checked before every save
+    lock: runfiles.RunLock | None  # the out_dir, held by the main process
 
 
 def print0(accelerator: Accelerator, *args: Any) -> None:
@@ -166,21 +167,6 @@ def open_data(cfg: Config, accelerator: Accelerator) -> tuple[Tokenizer, TokenSt
         stream.check_fits(cfg.model.block_size)
         streams.append(stream)
     return tokenizer, streams[0], streams[1]
-
-
-def resolve_resume(cfg: Config) -> Path | None:
-    if cfg.resume == "false":
-        existing = ckpt.complete_checkpoints(cfg.out_dir)
-        if existing:
-            raise UserError(
-                f"{cfg.out_dir} already holds checkpoints (newest: {existing[-1].name}); pass resume=auto to "
-                "continue that run, or choose another out_dir"
-            )
-        return None
-    latest = ckpt.latest_checkpoint(cfg.out_dir)
-    if latest is None and cfg.resume == "true":
-        raise UserError(f"resume=true but {cfg.out_dir} has no complete checkpoint; use resume=auto to start fresh")
-    return latest
 
 
 def setup(cfg: Config) -> Run:
@@ -209,6 +195,7 @@ def setup(cfg: Config) -> Run:
             "mixed precision fp16 (from train.mixed_precision or the launch) needs a CUDA GPU; on CPU use bf16 or no"
         )
     fsdp.check_fsdp_runs(accelerator)
+    lock = runfiles.lock_run_dir(cfg.out_dir) if accelerator.is_main_process else None  # one training per out_dir
     if accelerator.distributed_type == DistributedType.FSDP and t.optimizer == "muon":
         # Muon orthogonalises whole matrices; FSDP hands each process a shard of every matrix
         raise UserError("train.optimizer=muon does not work with FSDP (sharded matrices); use adamw or DDP")
@@ -228,7 +215,7 @@ def setup(cfg: Config) -> Run:
     for data in (train_data, val_data):
         data.check_model(model_cfg.vocab_size)
 
-    resume_from = resolve_resume(cfg)
+    resume_from = resume.resume_point(cfg.out_dir, cfg.resume, accelerator)
     set_seed(cfg.seed)  # identical initial weights on every process
     model = build_model(model_cfg)
     if cfg.model.init_from and resume_from is None:
@@ -259,6 +246,8 @@ def setup(cfg: Config) -> Run:
         wandb_mode=mode,
         resumed_metrics=resumed.get("metrics", {}),
         elapsed_s=float(resumed.get("elapsed_s", 0.0)),
+        watch=guards.FiniteWatch(device, fp16=accelerator.mixed_precision == "fp16"),
+        lock=lock,
     )
 
 
@@ -280,8 +269,8 @@ def register_weight_hooks(accelerator: Accelerator) -> None:
 
 
 def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
-    """Load a checkpoint into the prepared model and optimizer; returns its trainer state."""
-    ckpt.verify(folder)
+    """Load a checkpoint (verified by ``resolve_resume``) into the prepared model and optimizer;
+    returns its trainer state."""
     state = ckpt.read_trainer_state(folder)
     ckpt.check_same_model(state["config"]["model"] | {"vocab_size": state["vocab_size"]}, model_cfg, folder)
     if state["tokenizer"] != tokenizer.identity:
@@ -290,6 +279,9 @@ def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, toke
             f"{tokenizer.identity!r}; use the same data.dataset as the checkpoint"
         )
     fsdp.check_checkpoint_fits(folder, fsdp_run=accelerator.distributed_type == DistributedType.FSDP)
+    if warning := resume.check_rng_state(folder, accelerator.process_index):
+        print(warning, file=sys.stderr, flush=True)
+    ckpt.fault_point("resume.load")
     accelerator.load_state(str(folder))
     # load_state restores accelerate's micro-step counter, counted in the saved run's accumulation
     # steps; checkpoints fall on optimizer-step boundaries, so it restarts at zero (elastic resume).
@@ -380,8 +372,23 @@ def evaluate(run: Run) -> dict[str, float]:
 
 
 def save(run: Run, step: int, wandb_id: str | None, metrics: dict[str, float], elapsed_s: float = 0.0) -> Path:
+    """Save a checkpoint of ``step``, never of a diverged state; a full disk is one line (see gpt.guards)."""
     cfg, accelerator = run.cfg, run.accelerator
-    tmp = ckpt.checkpoints_dir(cfg.out_dir) / f".tmp-{ckpt.step_dir_name(step)}"
+    run.watch.check(accelerator, run.model, step, cfg.out_dir, cfg.train.learning_rate)
+    tmp = ckpt.tmp_dir(cfg.out_dir, step)
+    try:
+        return _write_checkpoint(run, tmp, step, wandb_id, metrics, elapsed_s)
+    except Exception as e:
+        failure = guards.disk_full_error(
+            e, cfg.out_dir, f"checkpoint {tmp}", tmp if accelerator.is_main_process else None
+        )
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def _write_checkpoint(run: Run, tmp: Path, step: int, wandb_id: str | None, metrics: dict, elapsed_s: float) -> Path:
+    cfg, accelerator = run.cfg, run.accelerator
     if accelerator.is_main_process:
         ckpt.begin_save(cfg.out_dir, step)
     accelerator.wait_for_everyone()
@@ -390,11 +397,13 @@ def save(run: Run, step: int, wandb_id: str | None, metrics: dict[str, float], e
         full = accelerator.get_state_dict(run.model)
         if accelerator.is_main_process:
             ckpt.save_weights(full, tmp / ckpt.WEIGHTS)
+    ckpt.fault_point("save.state", step)
     accelerator.wait_for_everyone()  # every process has written its files (RNG state, shards) before the rename
     final = ckpt.checkpoints_dir(cfg.out_dir) / ckpt.step_dir_name(step)
     if accelerator.is_main_process:
         meta = {"step": step, "tokens_seen": step * cfg.train.batch_size * cfg.model.block_size, **metrics}
         ckpt.write_export(tmp / ckpt.EXPORT_DIR, tmp / ckpt.WEIGHTS, run.model_cfg, run.tokenizer, meta)
+        ckpt.fault_point("save.export", step)
         state = {
             "step": step,
             "config": to_dict(cfg),
@@ -439,19 +448,6 @@ class StopFlag:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-class MetricsLog:
-    """metrics.jsonl in the run directory (main process), one JSON object per logging event."""
-
-    def __init__(self, out_dir: str, enabled: bool):
-        self.path = Path(out_dir) / "metrics.jsonl"
-        self.enabled = enabled
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
 
 def train_step(run: Run, batches: BatchStream, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -508,6 +504,8 @@ def train(cfg: Config) -> TrainResult:
         print0(accelerator, f"{cfg.out_dir} is already trained to step {run.start_step} (train.max_steps is "
                             f"{t.max_steps}); raise train.max_steps to train further")  # fmt: skip
         accelerator.end_training()
+        if run.lock:
+            run.lock.release()
         unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
         return TrainResult(run.start_step, run.resumed_metrics, unwrapped, accelerator.is_main_process)
     if accelerator.is_main_process:
@@ -515,7 +513,7 @@ def train(cfg: Config) -> TrainResult:
         (Path(cfg.out_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     wandb_id = init_tracking(run)
     tracking = Tracking(accelerator, cfg, model, run.tokenizer)  # memory, samples, loss.png, W&B extras
-    metrics_log = MetricsLog(cfg.out_dir, accelerator.is_main_process)
+    metrics_log = runfiles.MetricsLog(cfg.out_dir, accelerator.is_main_process, run.start_step)
 
     step = run.start_step
     batches = batch_stream(run, step)
@@ -530,6 +528,8 @@ def train(cfg: Config) -> TrainResult:
             lr = lr_at(step, t, budget.fraction)
             step_loss, grad_norm = train_step(run, batches, lr)
             step += 1
+            run.watch.after_step(step_loss, grad_norm, accelerator.optimizer_step_was_skipped)
+            ckpt.fault_point("train.step", step)
             timer_steps += 1
             progress.update(1)
             budget.tick(step)
@@ -548,11 +548,10 @@ def train(cfg: Config) -> TrainResult:
                 if peak is not None:  # model FLOPs utilisation, against the peak of every device in the job
                     record["mfu"] = perf.mfu(model_flops, record["tokens_per_s"], accelerator.num_processes, peak)
                 record |= tracking.memory()
+                if run.watch.fp16:
+                    record["skipped_steps"] = run.watch.skipped_steps  # by the fp16 scaler, so far
                 if not math.isfinite(loss_mean):
-                    raise UserError(
-                        f"the loss became {loss_mean} at step {step}; lower train.learning_rate "
-                        "or use bf16 instead of fp16"
-                    )
+                    raise guards.diverged(cfg.out_dir, run.watch.checked_step, step, t.learning_rate)
             if evaluating:
                 record |= {f"eval/{k}": v for k, v in evaluate(run).items()}
             stopping = stop_requested(accelerator, stop, check=bool(record) or step % t.checkpoint_interval == 0)
@@ -577,6 +576,8 @@ def train(cfg: Config) -> TrainResult:
         batches.close()
         progress.close()
         stop.restore()
+        if run.lock:
+            run.lock.release()
     if t.final_eval:  # the full pass over val (gpt.evaluate): logged as final/val/*, written to out_dir/eval.json
         final = final_evaluation(
             accelerator, model, run.val_data, run.tokenizer, cfg.model.block_size, t.micro_batch_size, cfg.out_dir, step
@@ -607,7 +608,7 @@ def make_progress(accelerator: Accelerator, start: int, total: int):
     return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True)
 
 
-def log(accelerator: Accelerator, progress, metrics_log: MetricsLog, record: dict[str, Any]) -> None:
+def log(accelerator: Accelerator, progress, metrics_log: runfiles.MetricsLog, record: dict[str, Any]) -> None:
     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
     metrics_log.write(record)
     if not accelerator.is_main_process:
