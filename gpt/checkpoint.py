@@ -237,7 +237,7 @@ def finish_save(
     fsync_dir(final.parent)
     fault_point("save.latest", step)
     atomic_write_text(checkpoints_dir(out_dir) / "latest", final.name + "\n")
-    rotate(out_dir, keep_last, keep_best)
+    rotate(out_dir, keep_last, keep_best, step)
     return final
 
 
@@ -258,7 +258,7 @@ def val_loss_of(folder: Path) -> float | None:
     return loss if isinstance(loss, (int, float)) else None
 
 
-def rotate(out_dir: str | Path, keep_last: int, keep_best: bool) -> None:
+def rotate(out_dir: str | Path, keep_last: int, keep_best: bool, step: int | None = None) -> None:
     """Delete complete checkpoints beyond the newest keep_last, sparing the best one if asked."""
     complete = complete_checkpoints(out_dir)
     keep = set(complete[-keep_last:])
@@ -271,7 +271,7 @@ def rotate(out_dir: str | Path, keep_last: int, keep_best: bool) -> None:
     for old in complete:
         if old not in keep:
             discard(old)
-            fault_point("save.rotate")
+            fault_point("save.rotate", step)
     root = checkpoints_dir(out_dir)
     for stale in [*root.glob(".tmp-step-*"), *root.glob(".trash-step-*")]:  # left by a save that was killed
         shutil.rmtree(stale, ignore_errors=True)
@@ -304,7 +304,8 @@ def read_trainer_state(folder: Path) -> dict[str, Any]:
         if key not in state and key in ("wandb_id", "elapsed_s", "metrics"):
             continue  # optional (older checkpoints lack some)
         if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
-            raise UserError(f"{path}: field {key!r} is {state.get(key)!r}, expected {_type_name(kind)}; it is damaged")
+            found = repr(state[key]) if key in state else "missing"
+            raise UserError(f"{path}: field {key!r} is {found}, expected {_type_name(kind)}; it is damaged")
     if not isinstance(state["config"].get("model"), dict):
         raise UserError(f"{path}: field 'config' has no 'model' section; the checkpoint is damaged")
     return state
@@ -379,6 +380,8 @@ def _load_export_folder(folder: Path) -> tuple[torch.nn.Module, Tokenizer, dict[
         meta = json.loads(config.read_bytes().decode("utf-8"))
         check_format(meta.get("format_version", 1), meta.get("written_by"), config)
         model_cfg = model_config_from_dict(meta["model"])
+    except UserError as e:
+        raise UserError(f"{config}: {e}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
         raise UserError(f"{config} is not a valid model config ({type(e).__name__}: {e})") from None
     tokenizer = load_tokenizer(folder / "tokenizer.json")
