@@ -34,11 +34,6 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
     return load_exported(out)[0].state_dict()
 
 
-def run_faulty(fault: str, *args: str, cwd: Path):
-    cmd = [sys.executable, FAULTY, *args]
-    return subprocess.run(cmd, cwd=cwd, env=env(FAULT=fault), capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data_root) -> tuple[Path, list[str]]:
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
@@ -51,7 +46,7 @@ def uninterrupted(tmp_path_factory, data_root) -> tuple[Path, list[str]]:
 def test_killed_then_resumed_run_is_bitwise_identical(uninterrupted, tmp_path):
     reference, args = uninterrupted
     out = tmp_path / "run"
-    r = run_faulty("kill_after_save:10", *args, f"out_dir={out}", cwd=tmp_path)
+    r = run_script("train.py", *args, f"out_dir={out}", cwd=tmp_path, GPT_FAULT="train.step@11:kill")
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert latest_checkpoint(out).name == "step-0000010" and max(losses(out)) == 10
     r = run_script("train.py", *args, f"out_dir={out}", cwd=tmp_path)
@@ -65,7 +60,7 @@ def test_killed_then_resumed_run_is_bitwise_identical(uninterrupted, tmp_path):
 def test_kill_during_a_save_leaves_the_previous_checkpoint_usable(uninterrupted, tmp_path):
     reference, args = uninterrupted
     out = tmp_path / "run"
-    r = run_faulty("kill_in_save:20", *args, f"out_dir={out}", cwd=tmp_path)
+    r = run_script("train.py", *args, f"out_dir={out}", cwd=tmp_path, GPT_FAULT="save.manifest@20:kill")
     assert r.returncode == -signal.SIGKILL
     assert (out / "checkpoints" / ".tmp-step-0000020").is_dir()  # the half-written save
     assert latest_checkpoint(out).name == "step-0000010"
