@@ -29,12 +29,13 @@ class FiniteWatch:
         self.skipped_steps = 0  # optimizer steps the fp16 scaler skipped
         self.checked_step = 0  # the last step known to be finite
 
-    def after_step(self, loss: torch.Tensor, grad_norm: torch.Tensor | float, skipped: bool) -> None:
+    def after_step(self, loss: torch.Tensor, grad_norm: torch.Tensor | float | None, skipped: bool) -> None:
+        """Count this step if its loss, or (unless the fp16 scaler skipped it) its grad norm, is not finite."""
         self.bad_steps += ~torch.isfinite(loss)
         if skipped:
             self.skipped_steps += 1
-        elif not self.fp16:
-            self.bad_steps += ~torch.isfinite(torch.as_tensor(grad_norm))
+        elif not self.fp16 and grad_norm is not None:  # None: a backend that does not report it
+            self.bad_steps += ~torch.isfinite(torch.as_tensor(grad_norm, device=self.bad_steps.device))
 
     def check(self, accelerator, model: torch.nn.Module, step: int, out_dir: str, lr: float) -> None:
         """Raise the divergence error if any step so far, on any process, or any weight is not finite."""

@@ -131,3 +131,31 @@ def test_a_full_disk_names_what_survived(tmp_path):
     assert isinstance(error, UserError) and not partial.exists()
     assert f"the checkpoint {folder} is intact" in str(error) and "MiB free" in str(error)
     assert disk_full_error(ValueError("something else"), str(tmp_path / "run"), "x") is None
+
+
+def test_the_finite_watch_counts_divergence_but_not_steps_the_fp16_scaler_skipped():
+    import torch
+
+    from gpt.guards import FiniteWatch
+
+    fp32, fp16 = FiniteWatch(torch.device("cpu"), fp16=False), FiniteWatch(torch.device("cpu"), fp16=True)
+    for watch in (fp32, fp16):
+        watch.after_step(torch.tensor(2.0), torch.tensor(1.0), skipped=False)
+        watch.after_step(torch.tensor(2.0), torch.tensor(math.inf), skipped=watch.fp16)
+    assert fp32.bad_steps.item() == 1 and fp16.bad_steps.item() == 0 and fp16.skipped_steps == 1
+    fp16.after_step(torch.tensor(math.nan), torch.tensor(1.0), skipped=False)
+    assert fp16.bad_steps.item() == 1  # a NaN loss is divergence under any precision
+
+
+def test_a_hard_linked_file_is_hashed_once(tmp_path, monkeypatch):
+    from gpt import durable
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "w.bin").write_bytes(b"w" * 1000)
+    (tmp_path / "model" / "w.bin").hardlink_to(tmp_path / "w.bin")
+    calls = []
+    real = durable.sha256
+    monkeypatch.setattr(durable, "sha256", lambda path, sync=False: calls.append(path) or real(path, sync))
+    ckpt.write_manifest(tmp_path)
+    ckpt.verify(tmp_path)
+    assert len(calls) == 2  # one hash when writing, one when verifying: not one per name
