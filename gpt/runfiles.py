@@ -36,19 +36,22 @@ _held: dict[tuple[int, str], RunLock] = {}  # (pid, out_dir): locks this process
 class RunLock:
     """An exclusive lock on a run folder; ``release()`` (or the end of the process) frees it."""
 
-    def __init__(self, out_dir: Path, fd: int):
+    def __init__(self, out_dir: Path, fd: int | None):
         self.out_dir, self.fd, self.users = out_dir, fd, 1
 
     def release(self) -> None:
         self.users -= 1
-        if self.users == 0:
+        if self.users == 0 and self.fd is not None:
             _held.pop((os.getpid(), str(self.out_dir)), None)
             os.close(self.fd)  # closing the only descriptor drops the flock
 
 
-def lock_run_dir(out_dir: str | Path) -> RunLock:
-    """Take the run folder for this process, or refuse with one line naming the holder."""
+def lock_run_dir(out_dir: str | Path, enabled: bool = True) -> RunLock:
+    """Take the run folder for this process, or refuse with one line naming the holder. With
+    ``enabled`` false (processes other than the main one) the lock is a stand-in that holds nothing."""
     folder = Path(out_dir).resolve()
+    if not enabled:
+        return RunLock(folder, None)
     key = (os.getpid(), str(folder))
     if key in _held:  # train() called again in the same process
         _held[key].users += 1

@@ -144,7 +144,7 @@ class Run:
     resumed_metrics: dict[str, float]  # the evaluation stored in the checkpoint resumed from
     elapsed_s: float  # wall-clock seconds spent by earlier attempts of this run (from the checkpoint)
     watch: guards.FiniteWatch  # non-finite steps, checked before every save
-    lock: runfiles.RunLock | None  # the out_dir, held by the main process
+    lock: runfiles.RunLock  # the out_dir, held by the main process while it trains
 
 
 def print0(accelerator: Accelerator, *args: Any) -> None:
@@ -195,7 +195,7 @@ def setup(cfg: Config) -> Run:
             "mixed precision fp16 (from train.mixed_precision or the launch) needs a CUDA GPU; on CPU use bf16 or no"
         )
     fsdp.check_fsdp_runs(accelerator)
-    lock = runfiles.lock_run_dir(cfg.out_dir) if accelerator.is_main_process else None  # one training per out_dir
+    lock = runfiles.lock_run_dir(cfg.out_dir, enabled=accelerator.is_main_process)  # one training per out_dir
     if accelerator.distributed_type == DistributedType.FSDP and t.optimizer == "muon":
         # Muon orthogonalises whole matrices; FSDP hands each process a shard of every matrix
         raise UserError("train.optimizer=muon does not work with FSDP (sharded matrices); use adamw or DDP")
@@ -269,7 +269,7 @@ def register_weight_hooks(accelerator: Accelerator) -> None:
 
 
 def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
-    """Load a checkpoint (verified by ``resolve_resume``) into the prepared model and optimizer;
+    """Load a checkpoint (verified by ``resume.resume_point``) into the prepared model and optimizer;
     returns its trainer state."""
     state = ckpt.read_trainer_state(folder)
     ckpt.check_same_model(state["config"]["model"] | {"vocab_size": state["vocab_size"]}, model_cfg, folder)
@@ -504,8 +504,7 @@ def train(cfg: Config) -> TrainResult:
         print0(accelerator, f"{cfg.out_dir} is already trained to step {run.start_step} (train.max_steps is "
                             f"{t.max_steps}); raise train.max_steps to train further")  # fmt: skip
         accelerator.end_training()
-        if run.lock:
-            run.lock.release()
+        run.lock.release()
         unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
         return TrainResult(run.start_step, run.resumed_metrics, unwrapped, accelerator.is_main_process)
     if accelerator.is_main_process:
@@ -572,12 +571,13 @@ def train(cfg: Config) -> TrainResult:
                 print0(accelerator, f"stopped by signal {stop.signal} at step {step}; resume with resume=auto")
                 accelerator.end_training()
                 sys.exit(EXIT_PREEMPTED)
+    except BaseException:
+        run.lock.release()  # a stop signal, a divergence, a full disk: the out_dir is free again
+        raise
     finally:
         batches.close()
         progress.close()
         stop.restore()
-        if run.lock:
-            run.lock.release()
     if t.final_eval:  # the full pass over val (gpt.evaluate): logged as final/val/*, written to out_dir/eval.json
         final = final_evaluation(
             accelerator, model, run.val_data, run.tokenizer, cfg.model.block_size, t.micro_batch_size, cfg.out_dir, step
@@ -586,6 +586,7 @@ def train(cfg: Config) -> TrainResult:
         last |= final
     tracking.finish(step, last)  # the last value of every metric, the final evaluation included, in the W&B summary
     accelerator.end_training()
+    run.lock.release()
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     return TrainResult(step, last, unwrapped, accelerator.is_main_process)
 
