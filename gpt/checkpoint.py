@@ -4,7 +4,7 @@ Layout of a run directory::
 
     out_dir/checkpoints/step-0002000/      one complete checkpoint
         model.safetensors                  weights, plain parameter names (no DDP/compile prefixes)
-        optimizer.bin, scaler.pt, random_states_<rank>.pkl   accelerate's save_state (tensors only)
+        optimizer.bin, scaler.pt, random_states_<rank>.pkl   accelerate's save_state (torch pickles, below)
         trainer_state.json                 step, config, W&B run id, metrics
         model/                             the portable export that sample.py reads
             model.safetensors  config.json  tokenizer.json
