@@ -159,3 +159,30 @@ def test_a_hard_linked_file_is_hashed_once(tmp_path, monkeypatch):
     ckpt.write_manifest(tmp_path)
     ckpt.verify(tmp_path)
     assert len(calls) == 2  # one hash when writing, one when verifying: not one per name
+
+
+def test_a_metrics_write_cut_short_by_a_full_disk_leaves_no_torn_line(tmp_path):
+    import resource
+
+    log = MetricsLog(tmp_path, enabled=True)
+    log.write({"step": 1, "train/loss": 2.0})
+    size = (tmp_path / "metrics.jsonl").stat().st_size
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails instead of killing us
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 10, hard))  # room for 10 bytes of the next record
+    try:
+        with pytest.raises(UserError, match="no space left"):
+            log.write({"step": 2, "train/loss": 1.5, "note": "x" * 100})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert (tmp_path / "metrics.jsonl").stat().st_size == size  # the 10 bytes that fitted were taken back
+
+
+def test_a_missing_rng_file_is_a_warning_and_an_unreadable_one_is_refused(tmp_path):
+    from gpt.resume import check_rng_state
+
+    assert "process 1 starts with fresh random states" in check_rng_state(tmp_path, rank=1)
+    (tmp_path / "random_states_1.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match="cannot resume exactly: .*random_states_1.pkl is unreadable"):
+        check_rng_state(tmp_path, rank=1)
