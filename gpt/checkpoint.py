@@ -320,7 +320,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """safetensors weights, refused with the tensor's name when one holds NaN or infinity."""
     try:
         state = load_file(str(path))
-    except (SafetensorError, OSError) as e:
+    except (SafetensorError, OSError, RuntimeError) as e:  # safetensors reports a missing file as RuntimeError
         raise UserError(f"cannot read weights {path}: {e}; the file is corrupt or not a safetensors file") from None
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
@@ -362,12 +362,13 @@ def load_exported(path: str | Path) -> tuple[torch.nn.Module, Tokenizer, dict[st
     Needs no lock on a run being trained: checkpoints appear whole (renamed into place) and vanish
     whole (renamed away); when rotation removes the one being read, the newest one is read instead.
     """
-    for attempt in range(3):
+    attempts = 10
+    for attempt in range(attempts):
         folder = resolve_export(path)
         try:
             return _load_export_folder(folder)
-        except UserError:
-            if folder.exists() or attempt == 2:  # still there: really damaged, not rotated away
+        except (UserError, OSError):
+            if folder.exists() or attempt == attempts - 1:  # still there: really damaged, not rotated away
                 raise
     raise AssertionError("unreachable")
 
