@@ -1,6 +1,6 @@
 """Fault-injection campaign: kill -9 and full disks at seeded moments, and damaged run files.
 
-    python tests/helpers/fault_campaign.py kills --seed 0 --moments 24   # kill -9 / ENOSPC, then resume
+    python tests/helpers/fault_campaign.py kills --seed 0 --moments 24 --timed 6   # kill -9 / ENOSPC, resume
     python tests/helpers/fault_campaign.py damage                        # every kind of damaged file
 
 Each training attempt runs in a child process forked from this one (torch is imported once, here,
@@ -10,7 +10,8 @@ through the declared hook, ``GPT_FAULT=PHASE@STEP:ACTION`` (``gpt.checkpoint.fau
 ``kills`` trains a tiny model with dropout (so a resume that lost the RNG state would show) once
 without faults, then again through a chain of attempts, each stopped by SIGKILL or a full disk at a
 moment drawn from a seeded generator (after a training step, in each phase of a save, in rotation,
-while resuming), and resumed by the next. It checks after every attempt that the newest checkpoint
+while resuming; and ``--timed`` kills after a random delay, wherever the run then is), and resumed
+by the next. It checks after every attempt that the newest checkpoint
 verifies, that at most one checkpoint interval was lost, that a full disk was one line, and that
 every loss logged so far equals the uninterrupted run's bit for bit; at the end, that the final
 weights are byte-identical. ``damage`` damages one file of a finished run at a time and checks that
@@ -23,12 +24,14 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
 import signal
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -64,9 +67,12 @@ SAVE_PHASES = ["save.begin", "save.state", "save.export", "save.manifest", "save
 # Running an entry point in a forked child
 
 
-def in_child(target, args: list[str], workdir: Path, fault: str = "") -> tuple[int, str]:
-    """Run ``target(args)`` as an entry point would (UserError: one line, exit 2) in a forked child;
-    returns its exit code (negative: killed by that signal) and its stderr."""
+def in_child(
+    target, args: list[str], workdir: Path, fault: str = "", kill_after: float | None = None
+) -> tuple[int, str]:
+    """Run ``target(args)`` as an entry point would (UserError: one line, exit 2) in a forked child,
+    SIGKILLed after ``kill_after`` seconds if given; returns its exit code (negative: killed by that
+    signal) and its stderr."""
     err = workdir / "stderr.txt"
     pid = os.fork()
     if pid == 0:  # the child: never returns
@@ -88,7 +94,13 @@ def in_child(target, args: list[str], workdir: Path, fault: str = "") -> tuple[i
         finally:
             sys.stderr.flush()
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    deadline = time.monotonic() + (kill_after if kill_after is not None else math.inf)
+    while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if ended[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        ended = os.waitpid(pid, 0)
+    status = ended[1]
     code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
     return code, err.read_text()
 
@@ -116,11 +128,16 @@ def not_json(constant: str):
     raise ValueError(f"metrics.jsonl holds {constant}, which is not JSON")
 
 
-def logged_losses(out: Path) -> dict[int, float]:
+def logged_losses(out: Path, torn_ok: bool = False) -> dict[int, float]:
+    """train/loss by step from metrics.jsonl: strict JSON, each step once, no torn line (but for the
+    last one, when a kill at a random time may have cut it: the next start drops it)."""
     path = out / "metrics.jsonl"
     if not path.is_file():
         return {}
-    rows = [json.loads(line, parse_constant=not_json) for line in path.read_text().splitlines()]  # no torn line
+    lines = path.read_text().splitlines(keepends=True)
+    if torn_ok and lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    rows = [json.loads(line, parse_constant=not_json) for line in lines]
     steps = [r["step"] for r in rows]
     assert len(steps) == len(set(steps)), f"a step is logged twice: {steps}"
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
@@ -140,12 +157,13 @@ def verified_step(out: Path) -> int:
 # kills: kill -9 and full disks, then resume
 
 
-def plan(rng: random.Random, moments: int) -> list[tuple[str, str]]:
+def plan(rng: random.Random, moments: int, timed: int) -> list[tuple[str, str]]:
     """(action, phase) of each moment: a kill and a full disk in every save phase, a kill in each
-    resume phase, the rest kills after a training step; in a seeded random order."""
+    resume phase, ``timed`` kills after a random delay (wherever the run then is: starting,
+    resuming, mid-step, mid-write), the rest kills after a training step; in a seeded random order."""
     planned = [("kill", p) for p in SAVE_PHASES] + [("enospc", p) for p in SAVE_PHASES]
     planned += [("kill", "resume.verify"), ("kill", "resume.load")]
-    planned += [("kill", "train.step")] * max(0, moments - len(planned))
+    planned += [("kill", "train.step")] * max(0, moments - len(planned)) + [("kill", "timed")] * timed
     rng.shuffle(planned)
     return planned
 
@@ -157,6 +175,8 @@ def next_moment(rng: random.Random, planned: list[tuple[str, str]], done: int) -
     planned.remove((action, phase))
     if phase.startswith("resume."):
         return f"{phase}:{action}"
+    if phase == "timed":
+        return f"timed:{rng.uniform(0.2, 2.0):.2f}s"
     if phase == "train.step":
         return f"{phase}@{rng.randint(done + 1, min(MAX_STEPS, done + 2 * INTERVAL))}:{action}"
     saves = [s for s in range(done + INTERVAL, MAX_STEPS + 1, INTERVAL)][:3]
@@ -165,14 +185,14 @@ def next_moment(rng: random.Random, planned: list[tuple[str, str]], done: int) -
     return f"{phase}@{rng.choice(saves)}:{action}"
 
 
-def kills(seed: int, moments: int, work: Path, data_root: Path) -> dict:
+def kills(seed: int, moments: int, timed: int, work: Path, data_root: Path) -> dict:
     base = [*RUN, f"data.root={data_root}", "data.dataset=tiny"]
     code, err = in_child(train, [*base, f"out_dir={work / 'reference'}"], work)
     assert code == 0, err
     reference = logged_losses(work / "reference")
     rng = random.Random(seed)
-    planned = plan(rng, moments)
-    tried, resumed, exact, max_lost, enospc_lines, chains = [], 0, 0, 0, 0, 0
+    planned = plan(rng, moments, timed)
+    tried, resumed, exact, max_lost, enospc_lines, chains, timed_mid_run = [], 0, 0, 0, 0, 0, 0
     out = None
     while planned:
         if out is None or (out / "checkpoints" / ckpt.step_dir_name(MAX_STEPS)).is_dir():
@@ -182,15 +202,21 @@ def kills(seed: int, moments: int, work: Path, data_root: Path) -> dict:
         fault = next_moment(rng, planned, done)
         action = fault.rsplit(":", 1)[1]
         step = int(fault.split("@")[1].split(":")[0]) if "@" in fault else 0
-        code, err = in_child(train, [*base, f"out_dir={out}"], work, fault)
+        if fault.startswith("timed:"):
+            code, err = in_child(train, [*base, f"out_dir={out}"], work, kill_after=float(action[:-1]))
+            action = "kill"
+        else:
+            code, err = in_child(train, [*base, f"out_dir={out}"], work, fault)
         now = verified_step(out)
-        losses = logged_losses(out)
-        if code == 0:  # the moment lay beyond the run's end: nothing was injected
+        losses = logged_losses(out, torn_ok=fault.startswith("timed:"))
+        if code == 0:  # the moment lay beyond the run's end: nothing was injected; try it again later
+            planned.append(("kill", "timed") if fault.startswith("timed:") else ("kill", "train.step"))
             continue
         tried.append(fault)
         if action == "kill":
             assert code == -signal.SIGKILL, (fault, code, err)
-            lost = (step or done) - now
+            lost = (step or max([done, *losses])) - now  # timed: the last step logged
+            timed_mid_run += fault.startswith("timed:") and max([done, *losses]) > done  # it had trained a step
         else:
             assert one_clear_line(code, err) and "no space left" in err, (fault, err)
             assert now in (step, step - INTERVAL) and not list((out / "checkpoints").glob(".tmp-*")), fault
@@ -204,7 +230,8 @@ def kills(seed: int, moments: int, work: Path, data_root: Path) -> dict:
     code, err = in_child(train, [*base, f"out_dir={out}"], work)  # finish the last chain
     assert code == 0, err
     return {
-        "moments": len(tried), "faults": tried, "chains": chains, "resumes": resumed,
+        "moments": len(tried), "timed_kills": sum(f.startswith("timed:") for f in tried),
+        "timed_kills_after_a_step": timed_mid_run, "faults": tried, "chains": chains, "resumes": resumed,
         "attempts_resumed_exact": exact, "max_steps_lost": max_lost, "checkpoint_interval": INTERVAL,
         "enospc_one_line": enospc_lines, "final_losses_equal": logged_losses(out) == reference,
         "final_weights_identical": final_weights_sha(out) == final_weights_sha(work / "reference"),
@@ -333,7 +360,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=["kills", "damage"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--moments", type=int, default=24)
+    parser.add_argument("--moments", type=int, default=24, help="moments at named points of a step, save or resume")
+    parser.add_argument("--timed", type=int, default=6, help="further kills after a random delay")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fault-campaign-"))
     try:
@@ -341,7 +369,10 @@ def main() -> None:
         with contextlib.redirect_stdout(sys.stderr):
             prepare_text((ASSETS / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000], data_root / "tiny")
         os.chdir(work)
-        report = kills(args.seed, args.moments, work, data_root) if args.part == "kills" else damage(work, data_root)
+        if args.part == "kills":
+            report = kills(args.seed, args.moments, args.timed, work, data_root)
+        else:
+            report = damage(work, data_root)
         print(json.dumps(report, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
