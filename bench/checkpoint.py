@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from gpt import trainer
+from gpt import checkpoint, trainer
 from gpt.config import load_config
 
 MODELS = {
@@ -76,6 +76,7 @@ def main() -> None:
         saves.append(time.perf_counter() - start)
         size = folder_bytes(folder)
         start = time.perf_counter()
+        checkpoint.verify(folder)  # what a resume does first (on the main process)
         trainer.restore(run.accelerator, folder, run.model_cfg, run.tokenizer)
         loads.append(time.perf_counter() - start)
     shutil.rmtree(work)

@@ -4,25 +4,35 @@ Layout of a run directory::
 
     out_dir/checkpoints/step-0002000/      one complete checkpoint
         model.safetensors                  weights, plain parameter names (no DDP/compile prefixes)
-        optimizer.bin, scaler.pt, random_states_<rank>.pkl   accelerate's save_state (tensors only)
+        optimizer.bin, scaler.pt, random_states_<rank>.pkl   accelerate's save_state (torch pickles, below)
         trainer_state.json                 step, config, W&B run id, metrics
         model/                             the portable export that sample.py reads
             model.safetensors  config.json  tokenizer.json
-        manifest.json                      size and sha256 of every file; written last
+        manifest.json                      format version, size and sha256 of every file; written last
     out_dir/checkpoints/latest             name of the newest complete checkpoint
 
-A checkpoint is written under a temporary name and renamed into place once its manifest is on disk,
-and ``latest`` moves only after that, so a crash during a save leaves the previous checkpoint usable.
-Loading never unpickles: weights are safetensors, metadata is JSON, and accelerate loads the
-optimizer, scaler and RNG files with ``torch.load(weights_only=True)``.
+A checkpoint is written under a temporary name; every file and folder in it is fsynced before its
+manifest is written, and it is renamed into place (and the rename fsynced) before ``latest`` moves
+and before older checkpoints are deleted, so a crash or power cut at any moment leaves at least the
+previous checkpoint usable. Old checkpoints are renamed away before they are deleted, so a reader
+sees a checkpoint whole or not at all. Resuming falls back to the newest checkpoint that verifies.
+
+Weights are safetensors and metadata is JSON. ``optimizer.bin``, ``scaler.pt`` and
+``random_states_<rank>.pkl`` are torch pickles, which accelerate loads with
+``torch.load(weights_only=True)``: that unpickler rebuilds tensors, numbers and plain containers
+only (plus numpy's random state, which accelerate allows for the RNG files) and runs no code.
+
+Tests inject faults at named points of a save or a resume through ``GPT_FAULT`` (see
+``fault_point``); nothing else reads it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +40,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from gpt import __version__
 from gpt.config import ModelConfig, model_config_from_dict, to_dict, train_command
+from gpt.durable import atomic_write_text, fsync_dir, hash_once
 from gpt.errors import UserError
 from gpt.model import build_model
 from gpt.tokenizer import Tokenizer, load_tokenizer, save_tokenizer
@@ -39,6 +51,8 @@ WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
 EXPORT_DIR = "model"
+FORMAT_VERSION = 1  # of the checkpoint layout; raise it when a change makes older code misread a checkpoint
+FAULT_ENV = "GPT_FAULT"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile
 
 
@@ -57,39 +71,79 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+class NewerFormatError(UserError):
+    """A checkpoint or export written by a newer gpt: refused, never skipped over as damaged."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def fault_point(phase: str, step: int | None = None) -> None:
+    """A declared fault-injection point, for the reliability tests; does nothing unless asked.
+
+    ``GPT_FAULT=PHASE[@STEP]:ACTION[,...]`` makes the point named PHASE (at STEP, or at any step)
+    ``kill`` this process with SIGKILL, raise ``enospc`` (a full disk) or ``crash`` (RuntimeError).
+    Phases: train.step, save.begin, save.state, save.export, save.manifest, save.publish,
+    save.latest, save.rotate, resume.verify, resume.load.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    for fault in spec.split(","):
+        where, _, action = fault.rpartition(":")
+        name, _, at = where.partition("@")
+        if name != phase or (at and step != int(at)):
+            continue
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if action == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"(injected at {phase})")
+        if action == "crash":
+            raise RuntimeError(f"injected crash at {phase}")
 
 
 def write_manifest(folder: Path) -> None:
-    """Record size and hash of every file; its presence marks the checkpoint complete."""
+    """fsync every file and folder, then record size and hash of every file; its presence marks the
+    checkpoint complete."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    entries = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-    _atomic_write_text(folder / MANIFEST, json.dumps({"files": entries}, indent=1))
+    seen: dict[tuple[int, int], str] = {}
+    entries = {
+        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": hash_once(p, seen, sync=True)} for p in files
+    }
+    for sub in sorted(p for p in folder.rglob("*") if p.is_dir()):
+        fsync_dir(sub)
+    manifest = {"format_version": FORMAT_VERSION, "written_by": f"gpt {__version__}", "files": entries}
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
+
+
+def check_format(version: Any, written_by: Any, path: Path) -> None:
+    """Refuse what a newer gpt wrote, naming both versions."""
+    if not isinstance(version, int):
+        raise UserError(f"{path} has a corrupt format_version ({version!r}); the file is damaged")
+    if version > FORMAT_VERSION:
+        raise NewerFormatError(
+            f"{path} has format version {version} (written by {written_by or 'a newer gpt'}); this is gpt "
+            f"{__version__}, which reads format version {FORMAT_VERSION} and older: upgrade gpt to read it"
+        )
+
+
+def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's file entries, checked for shape and format version."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise UserError(f"checkpoint {folder} is incomplete (no {MANIFEST}); it was interrupted while saving")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+        entries = data["files"]
+        check_format(data.get("format_version", 1), data.get("written_by"), path)
+        if not all(isinstance(meta["bytes"], int) and isinstance(meta["sha256"], str) for meta in entries.values()):
+            raise TypeError("an entry has a mistyped field")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"checkpoint {folder} has a corrupt {MANIFEST} ({type(e).__name__}: {e})") from None
+    return entries
 
 
 def verify(folder: Path, only: str | None = None) -> None:
     """Check the manifest (of the whole checkpoint, or of files under ``only``); name what is wrong."""
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
-        raise UserError(f"checkpoint {folder} is incomplete (no {MANIFEST}); it was interrupted while saving")
-    try:
-        entries = json.loads(manifest.read_text())["files"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise UserError(f"checkpoint {folder} has a corrupt {MANIFEST} ({e})") from None
+    entries = read_manifest(folder)
+    seen: dict[tuple[int, int], str] = {}
     for name, meta in entries.items():
         if only is not None and not name.startswith(only):
             continue
@@ -100,7 +154,7 @@ def verify(folder: Path, only: str | None = None) -> None:
             raise UserError(
                 f"checkpoint file {path} is truncated or corrupt: {path.stat().st_size} bytes, expected {meta['bytes']}"
             )
-        if _sha256(path) != meta["sha256"]:
+        if hash_once(path, seen) != meta["sha256"]:
             raise UserError(f"checkpoint file {path} is corrupt: its sha256 does not match {folder / MANIFEST}")
 
 
@@ -141,12 +195,17 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 # Writing
 
 
+def tmp_dir(out_dir: str | Path, step: int) -> Path:
+    return checkpoints_dir(out_dir) / f".tmp-{step_dir_name(step)}"
+
+
 def begin_save(out_dir: str | Path, step: int) -> Path:
     """A fresh temporary folder for the checkpoint of ``step`` (call on the main process only)."""
-    tmp = checkpoints_dir(out_dir) / f".tmp-{step_dir_name(step)}"
+    tmp = tmp_dir(out_dir, step)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    fault_point("save.begin", step)
     return tmp
 
 
@@ -169,7 +228,7 @@ def write_export(folder: Path, weights_file: Path, model_cfg: ModelConfig, token
     except OSError:
         shutil.copyfile(weights_file, folder / WEIGHTS)
     os.chmod(folder / WEIGHTS, umask_file_mode())  # safetensors writes 0600; the export is for sharing
-    config = {"model": to_dict(model_cfg), "tokenizer": tokenizer.identity, **meta}
+    config = {"format_version": FORMAT_VERSION, "model": to_dict(model_cfg), "tokenizer": tokenizer.identity, **meta}
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     save_tokenizer(tokenizer, folder / "tokenizer.json")
 
@@ -177,26 +236,41 @@ def write_export(folder: Path, weights_file: Path, model_cfg: ModelConfig, token
 def finish_save(
     tmp: Path, out_dir: str | Path, step: int, trainer_state: dict, keep_last: int, keep_best: bool = False
 ) -> Path:
-    """Write metadata and manifest, rename into place, move ``latest``, delete old checkpoints."""
+    """Write metadata and manifest (after fsyncing everything), rename into place, move ``latest``,
+    and only then delete old checkpoints."""
     (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
+    fault_point("save.manifest", step)
     write_manifest(tmp)
+    fault_point("save.publish", step)
     final = checkpoints_dir(out_dir) / step_dir_name(step)
     if final.exists():  # a checkpoint of the same step from an earlier attempt: replace it
-        shutil.rmtree(final)
+        discard(final)
     os.replace(tmp, final)
-    _atomic_write_text(checkpoints_dir(out_dir) / "latest", final.name + "\n")
-    rotate(out_dir, keep_last, keep_best)
+    fsync_dir(final.parent)
+    fault_point("save.latest", step)
+    atomic_write_text(checkpoints_dir(out_dir) / "latest", final.name + "\n")
+    rotate(out_dir, keep_last, keep_best, step)
     return final
+
+
+def discard(folder: Path) -> None:
+    """Delete a checkpoint so that readers see it whole or not at all: rename it away first."""
+    trash = folder.with_name(f".trash-{folder.name}")
+    if trash.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def val_loss_of(folder: Path) -> float | None:
     try:
-        return read_trainer_state(folder).get("metrics", {}).get("eval/val/loss")
-    except UserError:
+        loss = json.loads((folder / TRAINER_STATE).read_bytes()).get("metrics", {}).get("eval/val/loss")
+    except (OSError, ValueError, AttributeError):  # unreadable: not a candidate for the best
         return None
+    return loss if isinstance(loss, (int, float)) else None
 
 
-def rotate(out_dir: str | Path, keep_last: int, keep_best: bool) -> None:
+def rotate(out_dir: str | Path, keep_last: int, keep_best: bool, step: int | None = None) -> None:
     """Delete complete checkpoints beyond the newest keep_last, sparing the best one if asked."""
     complete = complete_checkpoints(out_dir)
     keep = set(complete[-keep_last:])
@@ -205,11 +279,13 @@ def rotate(out_dir: str | Path, keep_last: int, keep_best: bool) -> None:
         if scored:
             best = min(scored)[1]
             keep.add(best)
-            _atomic_write_text(checkpoints_dir(out_dir) / "best", best.name + "\n")
+            atomic_write_text(checkpoints_dir(out_dir) / "best", best.name + "\n")
     for old in complete:
         if old not in keep:
-            shutil.rmtree(old, ignore_errors=True)
-    for stale in checkpoints_dir(out_dir).glob(".tmp-step-*"):  # left by a save that was killed
+            discard(old)
+            fault_point("save.rotate", step)
+    root = checkpoints_dir(out_dir)
+    for stale in [*root.glob(".tmp-step-*"), *root.glob(".trash-step-*")]:  # left by a save that was killed
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -220,19 +296,51 @@ def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 # Reading
 
+# trainer_state.json fields that resuming reads, with their types
+_STATE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "step": int, "config": dict, "vocab_size": int, "tokenizer": str, "metrics": dict,
+    "wandb_id": (str, type(None)), "elapsed_s": (int, float),
+}  # fmt: skip
+
 
 def read_trainer_state(folder: Path) -> dict[str, Any]:
+    """trainer_state.json, with the fields that resuming reads checked for presence and type."""
+    path = folder / TRAINER_STATE
     try:
-        return json.loads((folder / TRAINER_STATE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        state = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"checkpoint {folder} has an unreadable {TRAINER_STATE} ({e})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a JSON object; the checkpoint is damaged")
+    for key, kind in _STATE_FIELDS.items():
+        if key not in state and key in ("wandb_id", "elapsed_s", "metrics"):
+            continue  # optional (older checkpoints lack some)
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            found = repr(state[key]) if key in state else "missing"
+            raise UserError(f"{path}: field {key!r} is {found}, expected {_type_name(kind)}; it is damaged")
+    if not isinstance(state["config"].get("model"), dict):
+        raise UserError(f"{path}: field 'config' has no 'model' section; the checkpoint is damaged")
+    return state
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """safetensors weights, refused with the tensor's name when one holds NaN or infinity."""
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as e:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as e:  # safetensors reports a missing file as RuntimeError
         raise UserError(f"cannot read weights {path}: {e}; the file is corrupt or not a safetensors file") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UserError(
+                f"weights in {path} are not finite: tensor {name!r} holds NaN or infinity (the run diverged "
+                "before this save); use an earlier checkpoint"
+            )
+    return state
 
 
 def load_into(model: torch.nn.Module, path: Path) -> None:
@@ -261,22 +369,44 @@ def resolve_export(path: str | Path) -> Path:
 
 
 def load_exported(path: str | Path) -> tuple[torch.nn.Module, Tokenizer, dict[str, Any]]:
-    """A plain model (eval mode, CPU, fp32), its tokenizer and its metadata, from an export."""
-    folder = resolve_export(path)
+    """A plain model (eval mode, CPU, fp32), its tokenizer and its metadata, from an export.
+
+    Needs no lock on a run being trained: checkpoints appear whole (renamed into place) and vanish
+    whole (renamed away); when rotation removes the one being read, the newest one is read instead.
+    """
+    attempts = 10
+    for attempt in range(attempts):
+        folder = resolve_export(path)
+        try:
+            return _load_export_folder(folder)
+        except (UserError, OSError):
+            if folder.exists() or attempt == attempts - 1:  # still there: really damaged, not rotated away
+                raise
+    raise AssertionError("unreachable")
+
+
+def _load_export_folder(folder: Path) -> tuple[torch.nn.Module, Tokenizer, dict[str, Any]]:
     if (folder.parent / MANIFEST).is_file():
         verify(folder.parent, only=EXPORT_DIR + "/")
+    config = folder / "config.json"
     try:
-        meta = json.loads((folder / "config.json").read_text())
+        meta = json.loads(config.read_bytes().decode("utf-8"))
+        check_format(meta.get("format_version", 1), meta.get("written_by"), config)
         model_cfg = model_config_from_dict(meta["model"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{folder / 'config.json'} is not a valid model config ({e})") from None
+    except UserError as e:
+        raise UserError(f"{config}: {e}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
+        raise UserError(f"{config} is not a valid model config ({type(e).__name__}: {e})") from None
     tokenizer = load_tokenizer(folder / "tokenizer.json")
     if tokenizer.identity != meta.get("tokenizer") or tokenizer.vocab_size > model_cfg.vocab_size:
         raise UserError(
             f"{folder / 'tokenizer.json'} ({tokenizer.identity}) is not the tokenizer this model was trained with "
             f"({meta.get('tokenizer')})"
         )
-    model = build_model(model_cfg)
+    try:
+        model = build_model(model_cfg)
+    except (ValueError, AssertionError, RuntimeError) as e:
+        raise UserError(f"{config} describes no buildable model ({type(e).__name__}: {e})") from None
     load_into(model, folder / WEIGHTS)
     model.eval()
     return model, tokenizer, meta

@@ -136,7 +136,10 @@ class TokenFile:
             raise UserError(f"{self.path} is not a token file (bad magic); re-create it with `python -m gpt.prepare`")
         _, version, itemsize, num_tokens, vocab_size, ident_len = _FIXED.unpack_from(head)
         if version != VERSION:
-            raise UserError(f"{self.path} has token-file format version {version}; this gpt reads version {VERSION}")
+            newer = "it was made by a newer gpt: upgrade gpt" if version > VERSION else "re-create it with gpt.prepare"
+            raise UserError(
+                f"{self.path} has token-file format version {version}; this gpt reads version {VERSION}: {newer}"
+            )
         if itemsize not in (2, 4) or ident_len > MAX_IDENTITY:
             raise UserError(f"{self.path} has a corrupt header; re-create it with `python -m gpt.prepare`")
         expected = HEADER_SIZE + num_tokens * itemsize

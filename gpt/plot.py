@@ -75,7 +75,7 @@ def record_at_step(run_dir: str | Path, step: int) -> dict[str, Any]:
 
 
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    points = [(r["tokens"], r[key]) for r in records if key in r]
+    points = [(r["tokens"], r[key]) for r in records if r.get(key) is not None]  # null: a non-finite value
     return [p[0] for p in points], [p[1] for p in points]
 
 

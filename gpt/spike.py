@@ -10,7 +10,7 @@ does not repeat or skip data). The guard acts once it has a full window.
 
 Every process takes the same decision: the loss is the mean over all processes and the gradient
 norm is the global one. Reading them costs one synchronisation per step, so the guard is off by
-default. Skipped steps are counted (``skipped_steps`` in the log and metrics.jsonl) and the guard's
+default. Skipped steps are counted (``spike_skipped_steps`` in the log and metrics.jsonl) and the guard's
 window and count are saved in checkpoints, so a resumed run guards the same way.
 """
 

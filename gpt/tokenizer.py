@@ -119,7 +119,9 @@ def _gpt2_encoding():
 def tokenizer_from_dict(data: dict) -> Tokenizer:
     kind = data.get("type")
     if kind == "char":
-        return CharTokenizer(data["chars"], eot=bool(data.get("eot", False)))
+        if not isinstance(data["chars"], str) or not isinstance(data.get("eot", False), bool):
+            raise TypeError("'chars' must be a string and 'eot' true or false")
+        return CharTokenizer(data["chars"], eot=data.get("eot", False))
     if kind == "gpt2":
         return GPT2Tokenizer()
     raise UserError(f"unknown tokenizer type {kind!r}: expected 'char' or 'gpt2'")
@@ -138,7 +140,10 @@ def load_tokenizer(path: Path) -> Tokenizer:
         raise UserError(f"{path} is not a valid tokenizer file ({e}); re-create it with gpt.prepare") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} is not a valid tokenizer file; re-create it with gpt.prepare")
-    return tokenizer_from_dict(data)
+    try:
+        return tokenizer_from_dict(data)
+    except (KeyError, TypeError) as e:  # a field missing or of the wrong type
+        raise UserError(f"{path} is not a valid tokenizer file ({type(e).__name__}: {e})") from None
 
 
 def make_tokenizer(kind: str, text: str | None = None) -> Tokenizer:

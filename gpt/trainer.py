@@ -10,7 +10,6 @@ batches and learning rates at every step.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import secrets
@@ -35,7 +34,7 @@ from accelerate.utils import (
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
-from gpt import collective, cpu, fsdp, hf, perf, precision, signals
+from gpt import collective, cpu, fsdp, guards, hf, perf, precision, resume, runfiles, signals
 from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, DocumentStarts, TokenStream, eval_window_starts, split_files, to_inputs_targets
@@ -140,6 +139,8 @@ class Run:
     elapsed_s: float  # wall-clock seconds spent by earlier attempts of this run (from the checkpoint)
     guard: SpikeGuard | None  # train.spike_*: skips updates whose loss or gradient norm spikes
     mixture: Mixture  # the datasets rows are drawn from (one without data.mixture), document starts included
+    watch: guards.FiniteWatch  # non-finite steps, checked before every save
+    lock: runfiles.RunLock  # the out_dir, held by the main process while it trains
 
 
 def print0(accelerator: Accelerator, *args: Any) -> None:
@@ -186,21 +187,6 @@ def open_data(cfg: Config, accelerator: Accelerator) -> tuple[Tokenizer, list[So
     return tokenizers[0], sources
 
 
-def resolve_resume(cfg: Config) -> Path | None:
-    if cfg.resume == "false":
-        existing = ckpt.complete_checkpoints(cfg.out_dir)
-        if existing:
-            raise UserError(
-                f"{cfg.out_dir} already holds checkpoints (newest: {existing[-1].name}); pass resume=auto to "
-                "continue that run, or choose another out_dir"
-            )
-        return None
-    latest = ckpt.latest_checkpoint(cfg.out_dir)
-    if latest is None and cfg.resume == "true":
-        raise UserError(f"resume=true but {cfg.out_dir} has no complete checkpoint; use resume=auto to start fresh")
-    return latest
-
-
 def setup(cfg: Config) -> Run:
     t = cfg.train
     mode = wandb_mode(cfg.wandb.mode)
@@ -234,6 +220,7 @@ def setup(cfg: Config) -> Run:
         )
     fsdp.check_fsdp_runs(accelerator)
     fsdp.set_mixed_precision(accelerator)  # FSDP: bf16/fp16 compute, fp32 gradient reduction
+    lock = runfiles.lock_run_dir(cfg.out_dir, enabled=accelerator.is_main_process)  # one training per out_dir
     if accelerator.distributed_type == DistributedType.FSDP and t.optimizer == "muon":
         # Muon orthogonalises whole matrices; FSDP hands each process a shard of every matrix
         raise UserError("train.optimizer=muon does not work with FSDP (sharded matrices); use adamw or DDP")
@@ -254,7 +241,7 @@ def setup(cfg: Config) -> Run:
     for data in (stream for source in sources for stream in (source.train, source.val)):
         data.check_model(model_cfg.vocab_size)
 
-    resume_from = resolve_resume(cfg)
+    resume_from = resume.resume_point(cfg.out_dir, cfg.resume, accelerator)
     set_seed(cfg.seed)  # identical initial weights on every process
     model = build_model(model_cfg)
     if cfg.model.init_from and resume_from is None:
@@ -287,6 +274,8 @@ def setup(cfg: Config) -> Run:
         elapsed_s=float(resumed.get("elapsed_s", 0.0)),
         guard=spike_guard(t, accelerator, resumed.get("spike_guard")),
         mixture=Mixture(sources, cfg.seed, cfg.model.block_size),
+        watch=guards.FiniteWatch(device, fp16=accelerator.mixed_precision == "fp16"),
+        lock=lock,
     )
 
 
@@ -323,8 +312,8 @@ def register_weight_hooks(accelerator: Accelerator) -> None:
 
 
 def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
-    """Load a checkpoint into the prepared model and optimizer; returns its trainer state."""
-    ckpt.verify(folder)
+    """Load a checkpoint (verified by ``resume.resume_point``) into the prepared model and optimizer;
+    returns its trainer state."""
     state = ckpt.read_trainer_state(folder)
     ckpt.check_same_model(state["config"]["model"] | {"vocab_size": state["vocab_size"]}, model_cfg, folder)
     if state["tokenizer"] != tokenizer.identity:
@@ -333,6 +322,9 @@ def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, toke
             f"{tokenizer.identity!r}; use the same data.dataset as the checkpoint"
         )
     fsdp.check_checkpoint_fits(folder, fsdp_run=accelerator.distributed_type == DistributedType.FSDP)
+    if warning := resume.check_rng_state(folder, accelerator.process_index):
+        print(warning, file=sys.stderr, flush=True)
+    ckpt.fault_point("resume.load")
     with precision.scaler_state_optional(accelerator, folder):  # fp16 resuming a bf16/fp32 run: fresh scaler
         accelerator.load_state(str(folder))
     # load_state restores accelerate's micro-step counter, counted in the saved run's accumulation
@@ -424,8 +416,23 @@ def evaluate(run: Run) -> dict[str, float]:
 
 
 def save(run: Run, step: int, wandb_id: str | None, metrics: dict[str, float], elapsed_s: float = 0.0) -> Path:
+    """Save a checkpoint of ``step``, never of a diverged state; a full disk is one line (see gpt.guards)."""
     cfg, accelerator = run.cfg, run.accelerator
-    tmp = ckpt.checkpoints_dir(cfg.out_dir) / f".tmp-{ckpt.step_dir_name(step)}"
+    run.watch.check(accelerator, run.model, step, cfg.out_dir, cfg.train.learning_rate)
+    tmp = ckpt.tmp_dir(cfg.out_dir, step)
+    try:
+        return _write_checkpoint(run, tmp, step, wandb_id, metrics, elapsed_s)
+    except Exception as e:
+        failure = guards.disk_full_error(
+            e, cfg.out_dir, f"checkpoint {tmp}", tmp if accelerator.is_main_process else None
+        )
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def _write_checkpoint(run: Run, tmp: Path, step: int, wandb_id: str | None, metrics: dict, elapsed_s: float) -> Path:
+    cfg, accelerator = run.cfg, run.accelerator
     if accelerator.is_main_process:
         ckpt.begin_save(cfg.out_dir, step)
     accelerator.wait_for_everyone()
@@ -434,11 +441,13 @@ def save(run: Run, step: int, wandb_id: str | None, metrics: dict[str, float], e
         full = accelerator.get_state_dict(run.model)
         if accelerator.is_main_process:
             ckpt.save_weights(full, tmp / ckpt.WEIGHTS)
+    ckpt.fault_point("save.state", step)
     accelerator.wait_for_everyone()  # every process has written its files (RNG state, shards) before the rename
     final = ckpt.checkpoints_dir(cfg.out_dir) / ckpt.step_dir_name(step)
     if accelerator.is_main_process:
         meta = {"step": step, "tokens_seen": step * cfg.train.batch_size * cfg.model.block_size, **metrics}
         ckpt.write_export(tmp / ckpt.EXPORT_DIR, tmp / ckpt.WEIGHTS, run.model_cfg, run.tokenizer, meta)
+        ckpt.fault_point("save.export", step)
         state = {
             "step": step,
             "config": to_dict(cfg),
@@ -467,19 +476,6 @@ class TrainResult:
     metrics: dict[str, float]  # the last logged value of each metric
     model: torch.nn.Module  # this process's trained model, unwrapped
     is_main_process: bool
-
-
-class MetricsLog:
-    """metrics.jsonl in the run directory (main process), one JSON object per logging event."""
-
-    def __init__(self, out_dir: str, enabled: bool):
-        self.path = Path(out_dir) / "metrics.jsonl"
-        self.enabled = enabled
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
 
 def train_step(
@@ -565,6 +561,7 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
         print0(accelerator, f"{cfg.out_dir} is already trained to step {run.start_step} (train.max_steps is "
                             f"{t.max_steps}); raise train.max_steps to train further")  # fmt: skip
         accelerator.end_training()
+        run.lock.release()
         unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
         done = run.resumed_metrics | record_at_step(cfg.out_dir, run.start_step)  # with the final evaluation
         return TrainResult(run.start_step, done, unwrapped, accelerator.is_main_process)
@@ -573,7 +570,7 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
         (Path(cfg.out_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     wandb_id = init_tracking(run)
     tracking = Tracking(accelerator, cfg, model, run.tokenizer)  # memory, samples, loss.png, W&B extras
-    metrics_log = MetricsLog(cfg.out_dir, accelerator.is_main_process)
+    metrics_log = runfiles.MetricsLog(cfg.out_dir, accelerator.is_main_process, run.start_step)
     tasks = InLoopTasks(t.eval_tasks, t.eval_task_limit, run.tokenizer) if t.eval_tasks else None  # read once
 
     step = run.start_step
@@ -588,9 +585,14 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
     try:
         while step < t.max_steps and not budget.spent:
             lr = lr_at(step, t, budget.fraction)
+            spikes_before = run.guard.skipped if run.guard is not None else 0
             step_loss, grad_norm = train_step(run, batches, lr, run.guard)
+            spiked = run.guard is not None and run.guard.skipped > spikes_before  # not applied: nothing diverged
             rows_seen += run.mixture.rows_seen(range(step, step + 1), t.batch_size)
             step += 1
+            if not spiked:
+                run.watch.after_step(step_loss, grad_norm, accelerator.optimizer_step_was_skipped)
+            ckpt.fault_point("train.step", step)
             timer_steps += 1
             progress.update(1)
             budget.tick(step)
@@ -609,14 +611,13 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
                 if peak is not None:  # model FLOPs utilisation, against the peak of every device in the job
                     record["mfu"] = perf.mfu(model_flops, record["tokens_per_s"], accelerator.num_processes, peak)
                 record |= tracking.memory()
+                if run.watch.fp16:
+                    record["skipped_steps"] = run.watch.skipped_steps  # by the fp16 scaler, so far
                 if run.guard is not None:
-                    record["skipped_steps"] = run.guard.skipped
+                    record["spike_skipped_steps"] = run.guard.skipped  # by the spike guard, so far
                 record |= run.mixture.tokens_seen(rows_seen)
-                if not math.isfinite(loss_mean):
-                    raise UserError(
-                        f"the loss became {loss_mean} at step {step}; lower train.learning_rate "
-                        "or use bf16 instead of fp16"
-                    )
+                if not math.isfinite(loss_mean) and not spiked:
+                    raise guards.diverged(cfg.out_dir, run.watch.checked_step, step, t.learning_rate)
             if evaluating:
                 record |= {f"eval/{k}": v for k, v in evaluate(run).items()}
                 if tasks is not None:  # four endings an item: items per pass ~ sequences of a micro batch
@@ -641,6 +642,9 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
                 print0(accelerator, f"stopped by {stopping} at step {step}; resume with resume=auto")
                 accelerator.end_training()
                 sys.exit(signals.EXIT_PREEMPTED)
+    except BaseException:
+        run.lock.release()  # a stop signal, a divergence, a full disk: the out_dir is free again
+        raise
     finally:
         batches.close()
         progress.close()
@@ -656,6 +660,7 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
         last |= final
     tracking.finish(step, last)  # the last value of every metric, the final evaluation included, in the W&B summary
     accelerator.end_training()
+    run.lock.release()
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     return TrainResult(step, last, unwrapped, accelerator.is_main_process)
 
@@ -676,7 +681,9 @@ def next_line_note(step: int, record: dict[str, Any], t: TrainConfig) -> str:
     return f"next line at step {next_step}, in about {wait_s:.0f} s" if wait_s >= 10 else ""
 
 
-def log(accelerator: Accelerator, progress, metrics_log: MetricsLog, record: dict[str, Any], note: str = "") -> None:
+def log(
+    accelerator: Accelerator, progress, metrics_log: runfiles.MetricsLog, record: dict[str, Any], note: str = ""
+) -> None:
     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
     metrics_log.write(record)
     if not accelerator.is_main_process:
@@ -689,7 +696,8 @@ def log(accelerator: Accelerator, progress, metrics_log: MetricsLog, record: dic
         ("eval/hellaswag/acc_norm", "hellaswag {:.1%}"),
         ("lr", "lr {:.2e}"),
         ("grad_norm", "grad norm {:.2f}"),
-        ("skipped_steps", "{} skipped"),
+        ("skipped_steps", "{} skipped by the scaler"),
+        ("spike_skipped_steps", "{} spikes skipped"),
         ("step_ms", "{:.1f} ms/step"),
         ("tokens_per_s", "{:,.0f} tok/s"),
         ("mfu", "MFU {:.1%}"),

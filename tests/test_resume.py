@@ -26,13 +26,12 @@ def losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
+def steps_logged(out: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def weights(out: Path) -> dict[str, torch.Tensor]:
     return load_exported(out)[0].state_dict()
-
-
-def run_faulty(fault: str, *args: str, cwd: Path):
-    cmd = [sys.executable, FAULTY, *args]
-    return subprocess.run(cmd, cwd=cwd, env=env(FAULT=fault), capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,7 @@ def uninterrupted(tmp_path_factory, data_root) -> tuple[Path, list[str]]:
 def test_killed_then_resumed_run_is_bitwise_identical(uninterrupted, tmp_path):
     reference, args = uninterrupted
     out = tmp_path / "run"
-    r = run_faulty("kill_after_save:10", *args, f"out_dir={out}", cwd=tmp_path)
+    r = run_script("train.py", *args, f"out_dir={out}", cwd=tmp_path, GPT_FAULT="train.step@11:kill")
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert latest_checkpoint(out).name == "step-0000010" and max(losses(out)) == 10
     r = run_script("train.py", *args, f"out_dir={out}", cwd=tmp_path)
@@ -61,7 +60,7 @@ def test_killed_then_resumed_run_is_bitwise_identical(uninterrupted, tmp_path):
 def test_kill_during_a_save_leaves_the_previous_checkpoint_usable(uninterrupted, tmp_path):
     reference, args = uninterrupted
     out = tmp_path / "run"
-    r = run_faulty("kill_in_save:20", *args, f"out_dir={out}", cwd=tmp_path)
+    r = run_script("train.py", *args, f"out_dir={out}", cwd=tmp_path, GPT_FAULT="save.manifest@20:kill")
     assert r.returncode == -signal.SIGKILL
     assert (out / "checkpoints" / ".tmp-step-0000020").is_dir()  # the half-written save
     assert latest_checkpoint(out).name == "step-0000010"
@@ -144,13 +143,24 @@ def test_resuming_a_different_model_shape_is_refused(uninterrupted, tmp_path):
     assert "model.n_layer is 2 in the checkpoint but 3 now" in r.stderr
 
 
-def test_a_corrupt_checkpoint_file_is_named(uninterrupted, tmp_path):
+def test_a_damaged_newest_checkpoint_is_named_and_the_run_resumes_from_the_one_before(uninterrupted, tmp_path):
     reference, args = uninterrupted
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     optimizer = latest_checkpoint(out) / "optimizer.bin"
     optimizer.write_bytes(optimizer.read_bytes()[:-7])
-    r = run_script("train.py", *args, "train.max_steps=30", f"out_dir={out}", cwd=tmp_path)
+    r = run_script("train.py", *args, f"out_dir={out}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"{optimizer} is truncated or corrupt" in r.stderr and "resuming from step-0000010" in r.stderr
+    assert losses(out) == losses(reference)  # steps 11-20 again, exactly, and logged once each
+    assert steps_logged(out) == steps_logged(reference)  # nothing logged twice
+
+    only = tmp_path / "only"  # nothing older to fall back to: one line naming the file
+    shutil.copytree(reference, only)
+    shutil.rmtree(only / "checkpoints" / "step-0000010")
+    optimizer = latest_checkpoint(only) / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[:-7])
+    r = run_script("train.py", *args, "train.max_steps=30", f"out_dir={only}", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"{optimizer} is truncated or corrupt" in r.stderr
 

@@ -68,8 +68,8 @@ def test_the_guard_is_logged_and_survives_a_resume(tmp_path, data_root):
     r = run_script("train.py", *common, "train.max_steps=20")
     assert r.returncode == 0, r.stderr[-2000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [rec["skipped_steps"] for rec in records if rec.get("step") == 20 and "train/loss" in rec] == [0]
-    assert "0 skipped" in r.stdout
+    assert [rec["spike_skipped_steps"] for rec in records if rec.get("step") == 20 and "train/loss" in rec] == [0]
+    assert "0 spikes skipped" in r.stdout
 
 
 @pytest.mark.parametrize("bad", ["train.spike_window=0", "train.spike_loss_ratio=-1"])
