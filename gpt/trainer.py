@@ -37,6 +37,7 @@ from gpt.errors import UserError
 from gpt.evaluate import final_evaluation
 from gpt.model import build_model, num_params
 from gpt.optim import build_optimizer, set_lr
+from gpt.plan import accumulation_steps, resolve_micro_batch
 from gpt.prepare import ensure_dataset
 from gpt.tokenizer import Tokenizer, load_tokenizer
 from gpt.tracking import Tracking
@@ -46,17 +47,6 @@ EXIT_PREEMPTED = 75  # training stopped by SIGTERM/SIGUSR1 after saving; resume 
 
 # ----------------------------------------------------------------------------------------------
 # Pure helpers: derived sizes, learning rate, parameter groups
-
-
-def accumulation_steps(batch_size: int, micro_batch_size: int, world_size: int) -> int:
-    """Gradient accumulation steps so that micro_batch_size * world_size * steps == batch_size."""
-    per_pass = micro_batch_size * world_size
-    if batch_size % per_pass:
-        raise UserError(
-            f"train.batch_size ({batch_size}) is not a multiple of train.micro_batch_size ({micro_batch_size}) x "
-            f"{world_size} processes = {per_pass}; choose a batch_size divisible by {per_pass} or another micro batch"
-        )
-    return batch_size // per_pass
 
 
 def lr_at(step: int, t: TrainConfig, progress: float | None = None) -> float:
@@ -139,6 +129,8 @@ class Run:
     train_data: TokenStream
     val_data: TokenStream
     accum: int
+    micro_batch_size: int  # train.micro_batch_size resolved ('auto' chosen by gpt.plan); what every pass uses
+    micro_batch_why: str
     start_step: int
     wandb_id: str | None
     wandb_mode: str
@@ -201,8 +193,6 @@ def setup(cfg: Config) -> Run:
     )
     if accelerator.num_processes != launched:
         raise UserError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}")
-    accum = accumulation_steps(t.batch_size, t.micro_batch_size, accelerator.num_processes)
-    accelerator.gradient_accumulation_steps = accum  # derived: batch_size / (micro_batch_size * processes)
     device = accelerator.device
     if accelerator.mixed_precision == "fp16" and device.type != "cuda":
         raise UserError(
@@ -227,6 +217,12 @@ def setup(cfg: Config) -> Run:
         model_cfg.vocab_size = tokenizer.vocab_size
     for data in (train_data, val_data):
         data.check_model(model_cfg.vocab_size)
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    micro, micro_why = resolve_micro_batch(
+        t, model_cfg, accelerator.num_processes, perf.device_memory_bytes(device), accelerator.mixed_precision, sharded
+    )
+    accum = accumulation_steps(t.batch_size, micro, accelerator.num_processes)
+    accelerator.gradient_accumulation_steps = accum  # derived: batch_size / (micro_batch_size * processes)
 
     resume_from = resolve_resume(cfg)
     set_seed(cfg.seed)  # identical initial weights on every process
@@ -254,6 +250,8 @@ def setup(cfg: Config) -> Run:
         train_data,
         val_data,
         accum,
+        micro,
+        micro_why,
         start_step=int(resumed.get("step", 0)),
         wandb_id=resumed.get("wandb_id"),
         wandb_mode=mode,
@@ -320,6 +318,7 @@ def init_tracking(run: Run) -> str | None:
     derived = {
         "world_size": accelerator.num_processes,
         "accumulation_steps": run.accum,
+        "micro_batch_size": run.micro_batch_size,
         "mixed_precision": accelerator.mixed_precision,  # in effect: train.mixed_precision=auto takes the launch's
         "tokens_per_step": cfg.train.batch_size * cfg.model.block_size,
         "n_params": num_params(accelerator.unwrap_model(run.model)),
@@ -348,7 +347,7 @@ def evaluate(run: Run) -> dict[str, float]:
     its share with ignored windows; the result does not depend on the number of processes.
     """
     cfg, accelerator, model = run.cfg, run.accelerator, run.model
-    T, n, micro = cfg.model.block_size, cfg.train.eval_windows, cfg.train.micro_batch_size
+    T, n, micro = cfg.model.block_size, cfg.train.eval_windows, run.micro_batch_size
     world, rank = accelerator.num_processes, accelerator.process_index
     per_rank = math.ceil(n / world)
     model.eval()
@@ -483,7 +482,7 @@ def batch_stream(run: Run, start_step: int) -> BatchStream:
     cfg, accelerator = run.cfg, run.accelerator
     return BatchStream(
         run.train_data, seed=cfg.seed, block_size=cfg.model.block_size, batch_size=cfg.train.batch_size,
-        micro_batch_size=cfg.train.micro_batch_size, rank=accelerator.process_index, world=accelerator.num_processes,
+        micro_batch_size=run.micro_batch_size, rank=accelerator.process_index, world=accelerator.num_processes,
         start_step=start_step, pin_memory=accelerator.device.type == "cuda",
     )  # fmt: skip
 
@@ -495,14 +494,15 @@ def train(cfg: Config) -> TrainResult:
     device = accelerator.device
     tokens_per_step = t.batch_size * cfg.model.block_size
     model_flops = perf.flops_per_token(run.model_cfg)
-    peak = t.peak_tflops or perf.peak_tflops(device)  # None on CPU unless given: no MFU
+    peak = perf.training_peak(t.peak_tflops, device, accelerator.mixed_precision)  # None on CPU unless given
     print0(
         accelerator,
         f"{accelerator.num_processes} process(es) on {device.type}, mixed precision {accelerator.mixed_precision}"
         f"{f', {torch.get_num_threads()} CPU thread(s) each' if device.type == 'cpu' else ''}: "
-        f"global batch {t.batch_size} = micro batch {t.micro_batch_size} x {accelerator.num_processes} processes "
+        f"global batch {t.batch_size} = micro batch {run.micro_batch_size} x {accelerator.num_processes} processes "
         f"x {run.accum} accumulation steps ({tokens_per_step:,} tokens/step); "
-        f"{num_params(accelerator.unwrap_model(model)):,} parameters",
+        f"{num_params(accelerator.unwrap_model(model)):,} parameters\nmicro batch {run.micro_batch_why}; "
+        f"MFU {f'against the {peak.label}, {peak.tflops:g} TFLOP/s' if peak else 'not reported (no peak known)'}",
     )
     if run.start_step >= t.max_steps:
         print0(accelerator, f"{cfg.out_dir} is already trained to step {run.start_step} (train.max_steps is "
@@ -546,7 +546,9 @@ def train(cfg: Config) -> TrainResult:
                     "tokens_per_s": timer_steps * tokens_per_step / elapsed, "step_ms": 1000 * elapsed / timer_steps,
                 }  # fmt: skip
                 if peak is not None:  # model FLOPs utilisation, against the peak of every device in the job
-                    record["mfu"] = perf.mfu(model_flops, record["tokens_per_s"], accelerator.num_processes, peak)
+                    record["mfu"] = perf.mfu(
+                        model_flops, record["tokens_per_s"], accelerator.num_processes, peak.tflops
+                    )
                 record |= tracking.memory()
                 if not math.isfinite(loss_mean):
                     raise UserError(
@@ -579,7 +581,14 @@ def train(cfg: Config) -> TrainResult:
         stop.restore()
     if t.final_eval:  # the full pass over val (gpt.evaluate): logged as final/val/*, written to out_dir/eval.json
         final = final_evaluation(
-            accelerator, model, run.val_data, run.tokenizer, cfg.model.block_size, t.micro_batch_size, cfg.out_dir, step
+            accelerator,
+            model,
+            run.val_data,
+            run.tokenizer,
+            cfg.model.block_size,
+            run.micro_batch_size,
+            cfg.out_dir,
+            step,
         )
         metrics_log.write(final | {"step": step, "tokens": step * tokens_per_step})
         last |= final
