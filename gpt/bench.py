@@ -4,7 +4,7 @@
     python -m gpt.bench shakespeare_char --steps 20        # a preset, with key=value overrides as in train.py
     python -m gpt.bench model.n_layer=4 --bare             # the same model and batches in a plain PyTorch loop
     python -m gpt.bench --compare                          # trainer and plain loop in alternating rounds
-    accelerate launch --multi_gpu --num_processes 8 -m gpt.bench bench_gpt2_124m train.batch_size=96
+    accelerate launch --config_file launch/single_node.yaml -m gpt.bench bench_gpt2_124m train.batch_size=96
 
 The trainer mode runs the trainer's own set-up and step (``gpt.trainer.setup`` and ``train_step``:
 accelerate, the background batch stream, clipping, the optimizer) for ``--warmup`` untimed and

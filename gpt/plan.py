@@ -110,36 +110,47 @@ def param_count(cfg: ModelConfig) -> int:
     return embeddings + cfg.n_layer * per_block + norm + (0 if cfg.tie_head else V * C)
 
 
-def block_activation_bytes(cfg: ModelConfig, tokens: int, bits16: bool) -> int:
+def block_activation_bytes(cfg: ModelConfig, tokens: int, bits16: bool, cuda: bool = True) -> int:
     """What one Block saves for its backward pass over ``tokens`` positions (micro batch x context).
 
     Under autocast the residual stream stays fp32 (the norms save it) while matmul inputs and outputs
     are 16-bit; without it, everything is fp32. Per token, C = n_embd, a = bytes of an activation:
-    two norm inputs (2 x 4C), the qkv input (aC), queries, keys and values (3aC, one tensor), the
-    attention output (aC, also the projection's input), the MLP input (aC), its 4C-wide hidden layer
-    before and after the non-linearity (2 x 4aC). QK-norm and rotary embeddings make new queries and
-    keys (2aC; rotary also keeps their fp32 complex form, 8C). Fused attention keeps one fp32 number per
-    head and position; written-out attention keeps the T x T scores (fp32 softmax and its 16-bit copy).
-    Dropout keeps a one-byte mask per element it drops from.
+    two norm inputs (2 x 4C, with their statistics; see norm_bytes), the qkv input (aC), queries, keys and values (3aC,
+    one tensor), the attention output (aC, also the projection's input), the MLP input (aC), its 4C-wide
+    hidden layer before and after the non-linearity (2 x 4aC): 36C under autocast, 64C in fp32. Fused
+    attention adds one fp32 number per head and position. QK-norm or rotary embeddings make new queries
+    and keys (2aC; QK-norm under autocast also keeps their fp32 form, 8C). Written-out attention keeps
+    the T x T probabilities per head: fp32 and a 16-bit copy under CUDA's autocast (6 bytes), 16-bit
+    under the CPU's (2), fp32 without (4). Dropout keeps a mask per element it drops from (on GPUs,
+    where fused attention applies its dropout inside the kernel).
     """
     C, T, nh = cfg.n_embd, cfg.block_size, cfg.n_head
     a = 2 if bits16 else 4
-    per_token = 2 * (4 * C + 8) + a * C + 3 * a * C + a * C + a * C + 2 * 4 * a * C
-    if cfg.qk_norm or cfg.position == "rope":
-        per_token += 2 * a * C + (8 * C if cfg.position == "rope" else 0)
-    if cfg.attention == "explicit":
-        per_token += nh * T * (4 + (a if bits16 else 0) + (1 if cfg.dropout else 0)) + (a * C if bits16 else 4 * C)
+    explicit = cfg.attention == "explicit"
+    per_token = 2 * norm_bytes(cfg) + a * C + 3 * a * C + a * C + a * C + 2 * 4 * a * C
+    if (cfg.qk_norm or cfg.position == "rope") and not explicit:  # written out, the matmuls save copies instead
+        per_token += 2 * a * C
+    if cfg.qk_norm:  # its statistics, and its input: an fp32 copy under autocast, else all of q, k, v
+        per_token += 8 * nh + (8 * C if bits16 else (3 * a * C if explicit else 0))
+    if explicit:
+        probabilities = (6 if cuda else 2) if bits16 else 4
+        per_token += nh * T * probabilities
     else:
-        per_token += 4 * nh
+        per_token += 4 * nh  # log-sum-exp of each head's scores
     if cfg.dropout:
-        per_token += 2 * C  # the masks of the two residual branches
+        per_token += 2 * C * (1 if cuda else a)  # the masks of the two residual branches
     return tokens * per_token
+
+
+def norm_bytes(cfg: ModelConfig) -> int:
+    """What one norm saves per token: its fp32 input and statistics; RMSNorm also its normalised input."""
+    return 8 * cfg.n_embd + 4 if cfg.norm == "rmsnorm" else 4 * cfg.n_embd + 8
 
 
 def embedding_and_head_bytes(cfg: ModelConfig, tokens: int, bits16: bool) -> int:
     """The activations outside the blocks, logits aside: token ids, final norm input and head input."""
     a = 2 if bits16 else 4
-    return tokens * (8 + (4 * cfg.n_embd + 8) + a * cfg.n_embd + (cfg.n_embd if cfg.dropout else 0))
+    return tokens * (8 + norm_bytes(cfg) + a * cfg.n_embd + (cfg.n_embd if cfg.dropout else 0))
 
 
 def logits_loss_bytes(rows: int, vocab: int, bits16: bool, chunk_rows: int | None = None) -> int:
