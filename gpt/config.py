@@ -138,7 +138,8 @@ class TrainConfig:
     )
     peak_tflops: float = doc(
         0.0,
-        "Peak TFLOP/s per device to report MFU against; 0: looked up for A100/H100/H200 (bf16), none on CPU.",
+        "Peak TFLOP/s per device to report MFU against; 0: looked up by GPU and by the precision the matmuls run in "
+        "(gpt.perf.PEAK_TFLOPS), none on CPU.",
     )
     cpu_threads: int = doc(
         0,

@@ -389,6 +389,8 @@ def report(cfg: Config, args: argparse.Namespace) -> tuple[list[str], dict, str 
         "tokens_per_step": plan.tokens_per_step, "memory_gib": round(mem.total / GIB, 2),
         "device_memory_gib": kind.memory_gib, "fits": plan.fits, "gpu": args.gpu, "fsdp": args.fsdp,
         "mixed_precision": precision, "params": param_count(model), "flops_per_token": flops,
+        "memory_parts_gib": {part: round(getattr(mem, part) / GIB, 3) for part in
+                             ("weights", "gradients", "optimizer", "blocks", "other_activations", "logits_loss")},
     }  # fmt: skip
     if peak is not None and flops:
         recompute = 4 / 3 if cfg.train.activation_checkpointing else 1.0  # the forward pass runs twice

@@ -15,6 +15,7 @@ ENTRY_POINTS = {  # how it is run -> its source file
     ("-m", "gpt.plot"): "gpt/plot.py",
     ("-m", "gpt.hf"): "gpt/hf.py",
     ("-m", "gpt.config"): "gpt/config.py",
+    ("-m", "gpt.plan"): "gpt/plan.py",
 }
 
 
