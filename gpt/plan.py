@@ -315,29 +315,23 @@ def make_plan(cfg: Config, model: ModelConfig, world: int, kind: GpuKind, bits16
 def what_to_change(cfg: Config, model: ModelConfig, plan: Plan, kind: GpuKind, bits16: bool, fsdp: bool) -> str:
     """One line: the changes, each on its own, that make a plan which does not fit fit."""
     t = cfg.train
-    fixes = []
-    micro = t.micro_batch_size
-    if micro != "auto" and micro > 1:
-        smaller = [d for d in range(micro - 1, 0, -1) if micro % d == 0]
-        for d in smaller:
-            if estimate_memory(model, t, d, plan.world, bits16, fsdp).total <= plan.device_memory:
-                fixes.append(f"a smaller micro batch (train.micro_batch_size={d}, or auto)")
-                break
 
-    def fits_with(train: TrainConfig, world: int, sharded: bool) -> bool:
-        trial = Config(**(vars(cfg) | {"train": train}))
+    def fitting(world: int = plan.world, sharded: bool = fsdp, **train: object) -> Plan | None:
+        trial = Config(**(vars(cfg) | {"train": TrainConfig(**(vars(t) | train))}))
         try:
-            return make_plan(trial, model, world, kind, bits16, sharded).fits
+            built = make_plan(trial, model, world, kind, bits16, sharded)
         except UserError:
-            return False
+            return None
+        return built if built.fits else None
 
-    if not t.activation_checkpointing and fits_with(TrainConfig(**(vars(t) | {"activation_checkpointing": True})),
-                                                    plan.world, fsdp):  # fmt: skip
+    fixes = []
+    if t.micro_batch_size != "auto" and (smaller := fitting(micro_batch_size="auto")):
+        fixes.append(f"a smaller micro batch (train.micro_batch_size={smaller.micro}, or auto)")
+    if not t.activation_checkpointing and fitting(activation_checkpointing=True):
         fixes.append("activation checkpointing (train.activation_checkpointing=true)")
-    if not fsdp and plan.world > 1 and fits_with(t, plan.world, True):
+    if not fsdp and plan.world > 1 and fitting(sharded=True):
         fixes.append("FSDP (--fsdp; launch with launch/fsdp.yaml)")
-    more = next((w for w in (2 * plan.world, 4 * plan.world, 8 * plan.world) if fits_with(t, w, fsdp)), None)
-    if more:
+    if more := next((w for w in (2 * plan.world, 4 * plan.world, 8 * plan.world) if fitting(world=w)), None):
         fixes.append(f"more GPUs ({more} in all)")
     if not fixes:
         return "no single change fits: use a GPU with more memory, combine the changes above, or a smaller model"
@@ -400,11 +394,7 @@ def report(cfg: Config, args: argparse.Namespace) -> tuple[list[str], dict, str 
             f"compute: {flops / 1e6:,.1f} MFLOP/token (gpt.perf); at {args.mfu:.0%} MFU of the {peak.label} "
             f"({peak.tflops:g} TFLOP/s): {step_s * 1000:,.1f} ms/step, {per_day / 1e9:,.2f}B tokens/day"
         )
-        record |= {
-            "mfu": args.mfu,
-            "step_ms": round(step_s * 1000, 2),
-            "tokens_per_day": round(plan.tokens_per_step / step_s * 86400),
-        }
+        record |= {"mfu": args.mfu, "step_ms": round(step_s * 1000, 2), "tokens_per_day": round(per_day)}
     change = None if plan.fits else what_to_change(cfg, model, plan, kind, bits16, args.fsdp)
     return lines, record, change
 

@@ -130,7 +130,6 @@ class Run:
     val_data: TokenStream
     accum: int
     micro_batch_size: int  # train.micro_batch_size resolved ('auto' chosen by gpt.plan); what every pass uses
-    micro_batch_why: str
     start_step: int
     wandb_id: str | None
     wandb_mode: str
@@ -218,9 +217,9 @@ def setup(cfg: Config) -> Run:
     for data in (train_data, val_data):
         data.check_model(model_cfg.vocab_size)
     sharded = accelerator.distributed_type == DistributedType.FSDP
-    micro, micro_why = resolve_micro_batch(
-        t, model_cfg, accelerator.num_processes, perf.device_memory_bytes(device), accelerator.mixed_precision, sharded
-    )
+    micro, why = resolve_micro_batch(t, model_cfg, accelerator.num_processes, perf.device_memory_bytes(device),
+                                     accelerator.mixed_precision, sharded)  # fmt: skip
+    print0(accelerator, f"micro batch {why}")
     accum = accumulation_steps(t.batch_size, micro, accelerator.num_processes)
     accelerator.gradient_accumulation_steps = accum  # derived: batch_size / (micro_batch_size * processes)
 
@@ -251,7 +250,6 @@ def setup(cfg: Config) -> Run:
         val_data,
         accum,
         micro,
-        micro_why,
         start_step=int(resumed.get("step", 0)),
         wandb_id=resumed.get("wandb_id"),
         wandb_mode=mode,
@@ -501,7 +499,7 @@ def train(cfg: Config) -> TrainResult:
         f"{f', {torch.get_num_threads()} CPU thread(s) each' if device.type == 'cpu' else ''}: "
         f"global batch {t.batch_size} = micro batch {run.micro_batch_size} x {accelerator.num_processes} processes "
         f"x {run.accum} accumulation steps ({tokens_per_step:,} tokens/step); "
-        f"{num_params(accelerator.unwrap_model(model)):,} parameters\nmicro batch {run.micro_batch_why}; "
+        f"{num_params(accelerator.unwrap_model(model)):,} parameters; "
         f"MFU {f'against the {peak.label}, {peak.tflops:g} TFLOP/s' if peak else 'not reported (no peak known)'}",
     )
     if run.start_step >= t.max_steps:
@@ -546,9 +544,8 @@ def train(cfg: Config) -> TrainResult:
                     "tokens_per_s": timer_steps * tokens_per_step / elapsed, "step_ms": 1000 * elapsed / timer_steps,
                 }  # fmt: skip
                 if peak is not None:  # model FLOPs utilisation, against the peak of every device in the job
-                    record["mfu"] = perf.mfu(
-                        model_flops, record["tokens_per_s"], accelerator.num_processes, peak.tflops
-                    )
+                    record["mfu"] = perf.mfu(model_flops, record["tokens_per_s"], accelerator.num_processes,
+                                             peak.tflops)  # fmt: skip
                 record |= tracking.memory()
                 if not math.isfinite(loss_mean):
                     raise UserError(
@@ -581,15 +578,9 @@ def train(cfg: Config) -> TrainResult:
         stop.restore()
     if t.final_eval:  # the full pass over val (gpt.evaluate): logged as final/val/*, written to out_dir/eval.json
         final = final_evaluation(
-            accelerator,
-            model,
-            run.val_data,
-            run.tokenizer,
-            cfg.model.block_size,
-            run.micro_batch_size,
-            cfg.out_dir,
-            step,
-        )
+            accelerator, model, run.val_data, run.tokenizer, cfg.model.block_size, run.micro_batch_size,
+            cfg.out_dir, step,
+        )  # fmt: skip
         metrics_log.write(final | {"step": step, "tokens": step * tokens_per_step})
         last |= final
     tracking.finish(step, last)  # the last value of every metric, the final evaluation included, in the W&B summary
