@@ -132,7 +132,8 @@ def bare_runner(cfg: Config) -> Runner:
     if t.compile:
         model = torch.compile(model)
     model.train()
-    micro = resolve_micro_batch(t, model_cfg, 1, perf.device_memory_bytes(device), t.mixed_precision, False)[0]
+    precision = "no" if t.mixed_precision == "auto" else t.mixed_precision  # the plain loop has no launch to ask
+    micro = resolve_micro_batch(t, model_cfg, 1, perf.device_memory_bytes(device), precision, False)[0]
     accum = accumulation_steps(t.batch_size, micro, 1)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.mixed_precision)
     scaler = torch.amp.GradScaler("cuda") if t.mixed_precision == "fp16" else None
@@ -161,7 +162,6 @@ def bare_runner(cfg: Config) -> Runner:
         optimizer.zero_grad(set_to_none=True)
         return loss_sum / accum
 
-    precision = "no" if t.mixed_precision == "auto" else t.mixed_precision  # the plain loop has no launch to ask
     return Runner("bare", device, 1, model_cfg, micro, precision, step_fn)
 
 

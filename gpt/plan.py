@@ -202,9 +202,9 @@ def estimate_memory(cfg: ModelConfig, t: TrainConfig, micro_batch: int, world: i
     shard = world if fsdp else 1
     blocks_matrices = perf.matmul_params(cfg) - cfg.padded_vocab_size * cfg.n_embd
     per_block_params = (n - cfg.padded_vocab_size * cfg.n_embd) // max(1, cfg.n_layer)
-    if fsdp:  # 16-bit weights gathered for the unit running and the one prefetched (or the root: embeddings, head)
-        copies = 2 * max(2 * per_block_params, n - cfg.n_layer * per_block_params) if bits16 else 0
-        copy_note = "16-bit weights of two gathered FSDP units"
+    if fsdp:  # whole weights gathered for the unit running and the one prefetched (or the root: embeddings, head)
+        copies = (2 if bits16 else 4) * max(2 * per_block_params, n - cfg.n_layer * per_block_params)
+        copy_note = "the gathered weights of two FSDP units"
     else:  # autocast's 16-bit copies of the matmul weights live until their backward
         copies = 2 * perf.matmul_params(cfg) if bits16 else 0
         copy_note = "16-bit copies of the matmul weights (autocast)"
