@@ -83,15 +83,15 @@ def per_process_batch(batch_size: int, world_size: int) -> int:
 
 def choose_micro_batch(batch_size: int, world_size: int, fits: Callable[[int], bool] | None) -> tuple[int, str]:
     """train.micro_batch_size=auto: the largest divisor of batch_size / world_size that fits (``fits``,
-    None where memory is not estimated, e.g. on CPU); 1 when none does. Returns it and the reason."""
+    None where memory is not estimated, e.g. on CPU); 1 when none does. Returns it and why."""
     share = per_process_batch(batch_size, world_size)
     where = f"batch_size {batch_size} / {world_size} process(es) = {share}"
     if fits is None:
-        return share, f"{share}, all of {where} in one pass (memory is estimated on GPUs only)"
+        return share, f"all of {where} in one pass (memory is checked on GPUs only)"
     for micro in (d for d in range(share, 0, -1) if share % d == 0):
         if fits(micro):
-            return micro, f"{micro}, the largest divisor of {where} that fits the GPU's memory by gpt.plan's estimate"
-    return 1, "1: even 1 does not fit the GPU's memory by gpt.plan's estimate (python -m gpt.plan for what to change)"
+            return micro, f"the largest divisor of {where} that fits the GPU's memory by gpt.plan's estimate"
+    return 1, "not even 1 fits the GPU's memory by gpt.plan's estimate (python -m gpt.plan says what to change)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,7 +251,7 @@ def resolve_micro_batch(
         bits16 = mixed_precision in ("bf16", "fp16")
         fits = lambda micro: estimate_memory(cfg, t, micro, world, bits16, fsdp).total <= device_memory_bytes  # noqa: E731
     micro, why = choose_micro_batch(t.batch_size, world, fits)
-    return micro, f"{why} (train.micro_batch_size=auto)"
+    return micro, f"{micro} (train.micro_batch_size=auto): {why}"
 
 
 # ----------------------------------------------------------------------------------------------

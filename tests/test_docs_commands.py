@@ -152,7 +152,7 @@ def test_the_documented_cpu_launch_runs_with_the_defaults_and_no_launcher_warnin
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert "global batch 8 = micro batch 4 x 2 processes x 1 accumulation steps" in r.stdout
-    assert "micro batch 4, all of batch_size 8 / 2 process(es) = 4 in one pass" in r.stdout
+    assert "micro batch 4 (train.micro_batch_size=auto): all of batch_size 8 / 2 process(es) = 4" in r.stdout
     assert "were not passed to `accelerate launch`" not in r.stderr
 
 
