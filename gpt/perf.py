@@ -80,7 +80,7 @@ def training_peak(configured_tflops: float, device: torch.device, mixed_precisio
     """The peak a run's MFU is reported against: train.peak_tflops when set, else the table's figure for
     this device and the precision its matmuls run in (autocast, or the fp32 matmul setting in effect)."""
     if configured_tflops:
-        return Peak(configured_tflops, "the configured peak (train.peak_tflops)")
+        return Peak(configured_tflops, "configured peak (train.peak_tflops)")
     import torch
 
     return peak_tflops(device, matmul_precision(mixed_precision, torch.get_float32_matmul_precision()))

@@ -50,9 +50,7 @@ def test_mfu_against_the_peak_table():
     assert perf.mfu(1_000_000, 2e6, 1, None) is None
     assert perf.peak_tflops(torch.device("cpu"), "bf16") is None
     assert perf.training_peak(0.0, torch.device("cpu"), "bf16") is None
-    assert perf.training_peak(2.5, torch.device("cpu"), "no") == perf.Peak(
-        2.5, "the configured peak (train.peak_tflops)"
-    )
+    assert perf.training_peak(2.5, torch.device("cpu"), "no") == perf.Peak(2.5, "configured peak (train.peak_tflops)")
     assert perf.peak_memory_bytes(torch.device("cpu")) > 10 * 2**20
 
 
