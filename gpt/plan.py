@@ -3,7 +3,7 @@ needs, and how long a step takes. Needs no GPU and no process group (and no torc
 
     python -m gpt.plan shakespeare_char --gpus 8 --gpu h100-80gb
     python -m gpt.plan gpt2_124m_fineweb --gpus 8 --nodes 2 --gpu a100-40gb
-    python -m gpt.plan gpt2_124m_fineweb train.micro_batch_size=32 --gpus 1 --gpu l4-24gb --fsdp
+    python -m gpt.plan gpt2_124m_fineweb train.micro_batch_size=8 --gpus 4 --gpu l4-24gb --fsdp
 
 It prints the split (processes, micro batch, accumulation steps, tokens per step), the per-GPU memory
 by part (weights, gradients, optimizer state, activations per block, logits and loss, an allowance for
@@ -42,15 +42,15 @@ OPENAI_GPT2 = {  # model.init_from hub ids -> (n_layer, n_head, n_embd): the arc
 @dataclass(frozen=True)
 class GpuKind:
     device_name: str  # as torch.cuda.get_device_name() reads, for the peak in gpt.perf
-    memory_gib: float  # total memory as the driver reports it
+    memory_gib: float  # total memory as torch.cuda.get_device_properties() reports it (approximately)
 
 
 GPU_KINDS = {
-    "a100-40gb": GpuKind("NVIDIA A100-SXM4-40GB", 39.6),
+    "a100-40gb": GpuKind("NVIDIA A100-SXM4-40GB", 39.4),
     "a100-80gb": GpuKind("NVIDIA A100-SXM4-80GB", 79.2),
-    "h100-80gb": GpuKind("NVIDIA H100 80GB HBM3", 79.6),
+    "h100-80gb": GpuKind("NVIDIA H100 80GB HBM3", 79.1),
     "h200-141gb": GpuKind("NVIDIA H200", 139.8),
-    "l4-24gb": GpuKind("NVIDIA L4", 22.5),
+    "l4-24gb": GpuKind("NVIDIA L4", 22.0),
     "rtx4090-24gb": GpuKind("NVIDIA GeForce RTX 4090", 23.6),
 }
 
