@@ -213,7 +213,10 @@ def estimate_memory(cfg: ModelConfig, t: TrainConfig, micro_batch: int, world: i
     optimizer = (4 * blocks_matrices + 8 * (n - blocks_matrices) if t.optimizer == "muon" else 8 * n) // shard
     tokens = micro_batch * cfg.block_size
     per_block = block_activation_bytes(cfg, tokens, bits16)
-    if t.activation_checkpointing:  # each block keeps its fp32 input; the backward recomputes one block at a time
+    other = embedding_and_head_bytes(cfg, tokens, bits16)
+    if cfg.kind == "bigram":  # a table lookup: no blocks, the token ids and the logits are all
+        per_block, blocks, other = 0, 0, 8 * tokens
+    elif t.activation_checkpointing:  # each block keeps its fp32 input; the backward recomputes one at a time
         blocks = cfg.n_layer * tokens * 4 * cfg.n_embd + per_block
     else:
         blocks = cfg.n_layer * per_block
@@ -231,7 +234,7 @@ def estimate_memory(cfg: ModelConfig, t: TrainConfig, micro_batch: int, world: i
         optimizer=optimizer,
         per_block=per_block,
         blocks=blocks,
-        other_activations=embedding_and_head_bytes(cfg, tokens, bits16),
+        other_activations=other,
         logits_loss=logits_loss_bytes(tokens, cfg.padded_vocab_size, bits16, LOSS_CHUNK_ROWS),
         notes=notes,
     )
@@ -352,12 +355,14 @@ def report(cfg: Config, args: argparse.Namespace) -> tuple[list[str], dict, str 
         return f"{b / GIB:8.2f} GiB"
 
     tokens = plan.micro * model.block_size
+    shape = f"{model.n_layer} layers, {model.n_head} heads, {model.n_embd} wide"
+    shape = "bigram table" if model.kind == "bigram" else shape
     lines = [
         f"{world} x {args.gpu} ({args.nodes} node(s) x {args.gpus}), {'FSDP' if args.fsdp else 'DDP'}, "
         f"{precision} {'autocast' if bits16 else '(fp32, TF32 matmuls)'}"
         + (", activation checkpointing" if cfg.train.activation_checkpointing else ""),
-        f"model: {model.n_layer} layers, {model.n_head} heads, {model.n_embd} wide, context {model.block_size}, "
-        f"vocabulary {model.vocab_size:,} (from {vocab_from}); {param_count(model):,} parameters",
+        f"model: {shape}, context {model.block_size}, vocabulary {model.vocab_size:,} (from {vocab_from}); "
+        f"{param_count(model):,} parameters",
         f"split: global batch {cfg.train.batch_size} = micro batch {plan.micro} x {world} processes x {plan.accum} "
         f"accumulation step(s); {plan.tokens_per_step:,} tokens/step",
         f"  micro batch {plan.micro_why}",

@@ -69,6 +69,13 @@ def test_precision_fsdp_and_checkpointing_change_the_estimate():
     assert checkpointed.blocks < base.blocks / 4 and checkpointed.logits_loss == base.logits_loss
 
 
+def test_the_bigram_baseline_has_only_its_table_and_logits():
+    cfg = ModelConfig(kind="bigram", vocab_size=65, block_size=64)
+    memory = plan.estimate_memory(cfg, TrainConfig(), 32, 1, False, False)
+    assert memory.blocks == 0 and memory.weights == 4 * 65 * 65
+    assert memory.logits_loss == plan.logits_loss_bytes(32 * 64, 65, bits16=False)
+
+
 def test_logits_loss_whole_or_in_chunks():
     assert plan.logits_loss_bytes(1024, 50304, bits16=True) == 1024 * 50304 * 12
     assert plan.logits_loss_bytes(1024, 50304, bits16=False) == 1024 * 50304 * 16
