@@ -1,5 +1,6 @@
 """Plan a run before launching it: how the global batch splits over the processes, the memory one GPU
-needs, and how long a step takes. Needs no GPU and no process group (and no torch).
+needs, and how long a step takes. Needs no GPU and no process group (torch is imported only to read a
+built-in dataset's vocabulary).
 
     python -m gpt.plan shakespeare_char --gpus 8 --gpu h100-80gb
     python -m gpt.plan gpt2_124m_fineweb --gpus 8 --nodes 2 --gpu a100-40gb
