@@ -1,11 +1,12 @@
 """Train a GPT with accelerate.
 
-    accelerate launch train.py                                  # the CPU-sized default on Tiny Shakespeare
-    accelerate launch train.py shakespeare_char                 # the lecture's GPU model (configs/*.yaml)
-    accelerate launch train.py model.n_layer=6 train.max_steps=5000 out_dir=out/deeper
-    accelerate launch --config_file launch/single_node.yaml train.py gpt2_124m_fineweb
-    python train.py ...                                         # one process, no launcher needed
-    python -m gpt.launch train.py ...                           # as accelerate launch, for jobs: exit 75 on SIGTERM
+    python train.py                                             # the CPU-sized default on Tiny Shakespeare
+    python train.py shakespeare_char                            # the lecture's GPU model (configs/*.yaml)
+    python train.py model.n_layer=6 train.max_steps=5000 out_dir=out/deeper
+    accelerate launch --config_file launch/cpu_multiprocess.yaml train.py      # 2 CPU processes
+    accelerate launch --config_file launch/single_node.yaml train.py gpt2_124m_fineweb   # 8 GPUs
+    python -m gpt.launch --config_file launch/single_node.yaml train.py ...   # as accelerate launch; exit 75 on SIGTERM
+    python -m gpt.plan gpt2_124m_fineweb --gpus 8 --gpu a100-40gb   # check a topology first
     python train.py --help                                      # every config key
 
 Checkpoints, the exported model, metrics.jsonl and W&B files go to out_dir; run it again and it

@@ -106,7 +106,7 @@ def accumulate_overhead(trials: int, steps_per_trial: int, work: Path) -> None:
     from gpt.tokenizer import load_tokenizer
 
     folder = ensure_dataset(str(work / "data"), "shakespeare_char")
-    cfg, t = ModelConfig(), TrainConfig()
+    cfg, t = ModelConfig(), TrainConfig(micro_batch_size=32)  # the default batch of 32 in one pass
     cfg.vocab_size = load_tokenizer(folder / "tokenizer.json").vocab_size
     accelerator = Accelerator(gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1))
     batches = BatchStream(

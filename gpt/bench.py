@@ -4,7 +4,7 @@
     python -m gpt.bench shakespeare_char --steps 20        # a preset, with key=value overrides as in train.py
     python -m gpt.bench model.n_layer=4 --bare             # the same model and batches in a plain PyTorch loop
     python -m gpt.bench --compare                          # trainer and plain loop in alternating rounds
-    accelerate launch --multi_gpu --num_processes 8 -m gpt.bench bench_gpt2_124m train.batch_size=96
+    accelerate launch --config_file launch/single_node.yaml -m gpt.bench bench_gpt2_124m train.batch_size=96
 
 The trainer mode runs the trainer's own set-up and step (``gpt.trainer.setup`` and ``train_step``:
 accelerate, the background batch stream, clipping, the optimizer) for ``--warmup`` untimed and
@@ -15,8 +15,8 @@ except a prepared built-in dataset, and W&B is off.
 
 Each step is timed on its own (CUDA events on GPU, so timing adds no host sync). The report gives the
 median and the spread, tokens/s of the whole launch at the median, model FLOPs per token (6N +
-12 * n_layer * n_embd * block_size, see gpt.perf), the FLOP/s that makes, MFU against the dense bf16
-peak of the GPU (A100 312, H100 SXM 989, H200 989 TFLOP/s; on CPU only with --peak_tflops), the peak
+12 * n_layer * n_embd * block_size, see gpt.perf), the FLOP/s that makes, MFU against the GPU's dense
+peak in the precision its matmuls run in (gpt.perf.PEAK_TFLOPS; on CPU only with --peak_tflops), the peak
 memory (allocated GPU memory, or the process's peak resident set on CPU), and one JSON line.
 """
 
@@ -75,6 +75,8 @@ class Runner:
     device: torch.device
     num_processes: int
     model_cfg: ModelConfig  # vocab_size filled in from the data
+    micro_batch_size: int  # train.micro_batch_size resolved ('auto')
+    mixed_precision: str  # in effect
     step_fn: Any  # (step) -> loss tensor of that step
     step: int = 0
     last_loss: torch.Tensor | None = field(default=None, repr=False)
@@ -117,7 +119,9 @@ def trainer_runner(cfg: Config) -> Runner:
         loss_sum, _ = train_step(run, batches, lr_at(step, cfg.train))
         return loss_sum / run.accum
 
-    return Runner("trainer", run.accelerator.device, run.accelerator.num_processes, run.model_cfg, step_fn)
+    accelerator = run.accelerator
+    return Runner("trainer", accelerator.device, accelerator.num_processes, run.model_cfg, run.micro_batch_size,
+                  accelerator.mixed_precision, step_fn)  # fmt: skip
 
 
 def bare_runner(cfg: Config) -> Runner:
@@ -128,6 +132,7 @@ def bare_runner(cfg: Config) -> Runner:
     from gpt.data import TokenStream, split_files, step_window_starts, to_inputs_targets
     from gpt.model import build_model
     from gpt.optim import build_optimizer, set_lr
+    from gpt.plan import accumulation_steps, resolve_micro_batch
     from gpt.prepare import ensure_dataset
     from gpt.schedule import lr_at
     from gpt.tokenizer import load_tokenizer
@@ -148,7 +153,9 @@ def bare_runner(cfg: Config) -> Runner:
     if t.compile:
         model = torch.compile(model)
     model.train()
-    accum = t.batch_size // t.micro_batch_size
+    precision = "no" if t.mixed_precision == "auto" else t.mixed_precision  # the plain loop has no launch to ask
+    micro = resolve_micro_batch(t, model_cfg, 1, perf.device_memory_bytes(device), precision, False)[0]
+    accum = accumulation_steps(t.batch_size, micro, 1)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.mixed_precision)
     scaler = torch.amp.GradScaler("cuda") if t.mixed_precision == "fp16" else None
     T = cfg.model.block_size
@@ -158,7 +165,7 @@ def bare_runner(cfg: Config) -> Runner:
         starts = step_window_starts(cfg.seed, step, t.batch_size, len(data), T)
         loss_sum = torch.zeros((), device=device)
         for m in range(accum):
-            x, y = to_inputs_targets(data.windows(starts[m * t.micro_batch_size : (m + 1) * t.micro_batch_size], T + 1))
+            x, y = to_inputs_targets(data.windows(starts[m * micro : (m + 1) * micro], T + 1))
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
                 _, loss = model(x, y)
@@ -176,7 +183,7 @@ def bare_runner(cfg: Config) -> Runner:
         optimizer.zero_grad(set_to_none=True)
         return loss_sum / accum
 
-    return Runner("bare", device, 1, model_cfg, step_fn)
+    return Runner("bare", device, 1, model_cfg, micro, precision, step_fn)
 
 
 def device_name(device: torch.device) -> str:
@@ -198,8 +205,8 @@ def summarise(runner: Runner, seconds: list[float], cfg: Config, args: argparse.
     tokens_per_step = t.batch_size * m.block_size  # the global batch, over all processes
     tokens_per_s = tokens_per_step / median
     flops = perf.flops_per_token(runner.model_cfg)
-    peak = args.peak_tflops or perf.peak_tflops(runner.device)
-    utilisation = perf.mfu(flops, tokens_per_s, runner.num_processes, peak)
+    peak = perf.training_peak(args.peak_tflops, runner.device, runner.mixed_precision)
+    utilisation = perf.mfu(flops, tokens_per_s, runner.num_processes, peak.tflops if peak else None)
     return {
         "mode": runner.name,
         "device": runner.device.type,
@@ -210,8 +217,8 @@ def summarise(runner: Runner, seconds: list[float], cfg: Config, args: argparse.
         "model": {k: getattr(m, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")}
         | {"vocab_size": runner.model_cfg.padded_vocab_size},
         "batch_size": t.batch_size,
-        "micro_batch_size": t.micro_batch_size,
-        "mixed_precision": t.mixed_precision,
+        "micro_batch_size": runner.micro_batch_size,
+        "mixed_precision": runner.mixed_precision,
         "compile": t.compile,
         "matmul_precision": torch.get_float32_matmul_precision(),
         "optimizer": t.optimizer,
@@ -223,7 +230,8 @@ def summarise(runner: Runner, seconds: list[float], cfg: Config, args: argparse.
         "tokens_per_s": round(tokens_per_s, 1),
         "flops_per_token": flops,
         "tflops": round(flops * tokens_per_s / 1e12, 4),
-        "peak_tflops": peak,
+        "peak_tflops": peak.tflops if peak else None,
+        "peak": peak.label if peak else None,
         "mfu": utilisation,
         "peak_memory_mib": round(perf.peak_memory_bytes(runner.device) / 2**20, 1),
         "final_loss": None if runner.last_loss is None else round(runner.last_loss.item(), 6),
@@ -238,7 +246,9 @@ def _quantile(values: list[float], q: float) -> float:
 
 def describe(record: dict[str, Any]) -> str:
     m = record["model"]
-    mfu = "n/a (no peak for this device; pass --peak_tflops)" if record["mfu"] is None else f"{record['mfu']:.1%}"
+    mfu = "n/a (no peak for this device; pass --peak_tflops)"
+    if record["mfu"] is not None:
+        mfu = f"{record['mfu']:.1%} (of the {record['peak']}, {record['peak_tflops']:g} TFLOP/s)"
     memory = "peak GPU memory" if record["device"] == "cuda" else "peak RSS"
     return "\n".join(
         [

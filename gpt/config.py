@@ -14,7 +14,8 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -117,10 +118,11 @@ class TrainConfig:
     batch_size: int = doc(
         32, "Global batch per optimizer step, in sequences, summed over processes and accumulation steps."
     )
-    micro_batch_size: int = doc(
-        32,
+    micro_batch_size: int | Literal["auto"] = doc(
+        "auto",
         "Sequences per forward pass per process. Accumulation steps = batch_size / (micro_batch_size * "
-        "processes), derived at start-up.",
+        "processes), derived at start-up. 'auto': the largest divisor of batch_size / processes that fits "
+        "the GPU's memory by gpt.plan's estimate (on CPU: all of it); a number must divide evenly.",
     )
     learning_rate: float = doc(3e-3, "Peak learning rate, reached at the end of warm-up.")
     min_lr: float = doc(3e-4, "Learning rate at the end of the decay.")
@@ -159,6 +161,10 @@ class TrainConfig:
         "to fp32 elsewhere, with one line, since emulated bf16 is many times slower; 'always' keeps bf16 anyway.",
     )
     compile: bool = doc(False, "Wrap the model in torch.compile.")
+    activation_checkpointing: bool = doc(
+        False,
+        "Recompute each block's activations in the backward pass (less memory, about a third more compute).",
+    )
     matmul_precision: Literal["auto", "highest", "high", "medium"] = doc(
         "auto",
         "float32 matmuls (torch.set_float32_matmul_precision): 'highest' full fp32; 'high' TF32 on NVIDIA GPUs; "
@@ -167,7 +173,8 @@ class TrainConfig:
     )
     peak_tflops: float = doc(
         0.0,
-        "Peak TFLOP/s per device to report MFU against; 0: looked up for A100/H100/H200 (bf16), none on CPU.",
+        "Peak TFLOP/s per device to report MFU against; 0: looked up by GPU and by the precision the matmuls run in "
+        "(gpt.perf.PEAK_TFLOPS), none on CPU.",
     )
     cpu_threads: int = doc(
         0,
@@ -391,6 +398,8 @@ def _is_section(tp: Any) -> bool:
 
 
 def _type_name(tp: Any) -> str:
+    if get_origin(tp) in (Union, UnionType):
+        return "|".join(_type_name(member) for member in get_args(tp))
     if get_origin(tp) is Literal:
         return "|".join(str(a) for a in get_args(tp))
     if get_origin(tp) is list:
@@ -420,6 +429,13 @@ def _convert(key: str, value: Any, tp: Any, from_cli: bool) -> Any:
         if not isinstance(value, list):
             raise fail("a list")
         return [_convert(key, v, item_tp, from_cli) for v in value]
+    if origin in (Union, UnionType):  # e.g. int | Literal["auto"]: the first member that takes the value
+        for member in get_args(tp):
+            try:
+                return _convert(key, value, member, from_cli)
+            except UserError:
+                pass
+        raise fail(" or ".join("an integer" if m is int else _type_name(m).replace("|", ", ") for m in get_args(tp)))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -573,7 +589,8 @@ def validate(cfg: Config) -> None:
     positive = {
         "model.n_layer": m.n_layer, "model.n_head": m.n_head, "model.n_embd": m.n_embd,
         "model.block_size": m.block_size, "train.max_steps": t.max_steps, "train.batch_size": t.batch_size,
-        "train.micro_batch_size": t.micro_batch_size, "train.log_interval": t.log_interval,
+        "train.micro_batch_size": 1 if t.micro_batch_size == "auto" else t.micro_batch_size,
+        "train.log_interval": t.log_interval,
         "train.eval_interval": t.eval_interval, "train.eval_windows": t.eval_windows,
         "train.checkpoint_interval": t.checkpoint_interval, "train.keep_last": t.keep_last,
         "train.eval_sample_tokens": t.eval_sample_tokens, "train.collective_timeout_s": t.collective_timeout_s,
@@ -587,7 +604,7 @@ def validate(cfg: Config) -> None:
         raise UserError(f"model.dropout must be in [0, 1), got {m.dropout}")
     if m.vocab_size < 0:
         raise UserError(f"model.vocab_size must be 0 (from the tokenizer) or positive, got {m.vocab_size}")
-    if t.batch_size % t.micro_batch_size:
+    if t.micro_batch_size != "auto" and t.batch_size % t.micro_batch_size:
         raise UserError(
             f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch_size ({t.micro_batch_size})"
         )

@@ -4,7 +4,7 @@
     python -m gpt.evaluate --out_dir out/default --split train --batch_size 32
     python -m gpt.evaluate --out_dir path/to/model --data data/my_corpus
     accelerate launch --config_file launch/cpu_multiprocess.yaml -m gpt.evaluate --out_dir out/default
-    accelerate launch --multi_gpu --num_processes 8 -m gpt.evaluate --out_dir out/big --mixed_precision bf16
+    accelerate launch --config_file launch/single_node.yaml -m gpt.evaluate --out_dir out/big --mixed_precision bf16
     python -m gpt.evaluate --out_dir out/default --task hellaswag --data hellaswag_val.jsonl   # gpt.hellaswag
     python -m gpt.evaluate --out_dir out/default --lm_eval lambada_openai --limit 100        # gpt.lm_eval_model
     python -m gpt.evaluate --help

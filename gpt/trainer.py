@@ -44,6 +44,7 @@ from gpt.hellaswag import InLoopTasks
 from gpt.mixture import Mixture, Source, describe_data, parse_mixture
 from gpt.model import build_model, num_params
 from gpt.optim import build_optimizer, set_lr
+from gpt.plan import accumulation_steps, resolve_micro_batch
 from gpt.plot import record_at_step
 from gpt.prepare import ensure_dataset
 from gpt.schedule import check_schedule, lr_at
@@ -53,17 +54,6 @@ from gpt.tracking import Tracking
 
 # ----------------------------------------------------------------------------------------------
 # Pure helpers: derived sizes, learning rate, parameter groups
-
-
-def accumulation_steps(batch_size: int, micro_batch_size: int, world_size: int) -> int:
-    """Gradient accumulation steps so that micro_batch_size * world_size * steps == batch_size."""
-    per_pass = micro_batch_size * world_size
-    if batch_size % per_pass:
-        raise UserError(
-            f"train.batch_size ({batch_size}) is not a multiple of train.micro_batch_size ({micro_batch_size}) x "
-            f"{world_size} processes = {per_pass}; choose a batch_size divisible by {per_pass} or another micro batch"
-        )
-    return batch_size // per_pass
 
 
 def cpu_threads(requested: int, local_processes: int) -> int:
@@ -132,6 +122,7 @@ class Run:
     train_data: TokenStream
     val_data: TokenStream
     accum: int
+    micro_batch_size: int  # train.micro_batch_size resolved ('auto' chosen by gpt.plan); what every pass uses
     start_step: int
     wandb_id: str | None
     wandb_mode: str
@@ -211,8 +202,6 @@ def setup(cfg: Config) -> Run:
     if accelerator.num_processes != launched:
         raise UserError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}")
     check_schedule(t)
-    accum = accumulation_steps(t.batch_size, t.micro_batch_size, accelerator.num_processes)
-    accelerator.gradient_accumulation_steps = accum  # derived: batch_size / (micro_batch_size * processes)
     device = accelerator.device
     if accelerator.mixed_precision == "fp16" and device.type != "cuda":
         raise UserError(
@@ -240,6 +229,12 @@ def setup(cfg: Config) -> Run:
         model_cfg.vocab_size = tokenizer.vocab_size
     for data in (stream for source in sources for stream in (source.train, source.val)):
         data.check_model(model_cfg.vocab_size)
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    micro, why = resolve_micro_batch(t, model_cfg, accelerator.num_processes, perf.device_memory_bytes(device),
+                                     accelerator.mixed_precision, sharded)  # fmt: skip
+    print0(accelerator, f"micro batch {why}")
+    accum = accumulation_steps(t.batch_size, micro, accelerator.num_processes)
+    accelerator.gradient_accumulation_steps = accum  # derived: batch_size / (micro_batch_size * processes)
 
     resume_from = resume.resume_point(cfg.out_dir, cfg.resume, accelerator)
     set_seed(cfg.seed)  # identical initial weights on every process
@@ -267,6 +262,7 @@ def setup(cfg: Config) -> Run:
         train_data,
         val_data,
         accum,
+        micro,
         start_step=int(resumed.get("step", 0)),
         wandb_id=resumed.get("wandb_id"),
         wandb_mode=mode,
@@ -356,6 +352,7 @@ def init_tracking(run: Run) -> str | None:
     derived = {
         "world_size": accelerator.num_processes,
         "accumulation_steps": run.accum,
+        "micro_batch_size": run.micro_batch_size,
         "mixed_precision": accelerator.mixed_precision,  # in effect: train.mixed_precision=auto takes the launch's
         "tokens_per_step": cfg.train.batch_size * cfg.model.block_size,
         "n_params": num_params(accelerator.unwrap_model(run.model)),
@@ -384,7 +381,7 @@ def evaluate(run: Run) -> dict[str, float]:
     its share with ignored windows; the result does not depend on the number of processes.
     """
     cfg, accelerator, model = run.cfg, run.accelerator, run.model
-    T, n, micro = cfg.model.block_size, cfg.train.eval_windows, cfg.train.micro_batch_size
+    T, n, micro = cfg.model.block_size, cfg.train.eval_windows, run.micro_batch_size
     world, rank = accelerator.num_processes, accelerator.process_index
     per_rank = math.ceil(n / world)
     model.eval()
@@ -524,7 +521,7 @@ def batch_stream(run: Run, start_step: int) -> BatchStream:
     cfg, accelerator = run.cfg, run.accelerator
     return BatchStream(
         run.train_data, seed=cfg.seed, block_size=cfg.model.block_size, batch_size=cfg.train.batch_size,
-        micro_batch_size=cfg.train.micro_batch_size, rank=accelerator.process_index, world=accelerator.num_processes,
+        micro_batch_size=run.micro_batch_size, rank=accelerator.process_index, world=accelerator.num_processes,
         start_step=start_step, pin_memory=accelerator.device.type == "cuda", mixture=run.mixture,
     )  # fmt: skip
 
@@ -547,14 +544,15 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
     device = accelerator.device
     tokens_per_step = t.batch_size * cfg.model.block_size
     model_flops = perf.flops_per_token(run.model_cfg)
-    peak = t.peak_tflops or perf.peak_tflops(device)  # None on CPU unless given: no MFU
+    peak = perf.training_peak(t.peak_tflops, device, accelerator.mixed_precision)  # None on CPU unless given
     print0(
         accelerator,
         f"{accelerator.num_processes} process(es) on {device.type}, mixed precision {accelerator.mixed_precision}"
         f"{f', {torch.get_num_threads()} CPU thread(s) each' if device.type == 'cpu' else ''}: "
-        f"global batch {t.batch_size} = micro batch {t.micro_batch_size} x {accelerator.num_processes} processes "
+        f"global batch {t.batch_size} = micro batch {run.micro_batch_size} x {accelerator.num_processes} processes "
         f"x {run.accum} accumulation steps ({tokens_per_step:,} tokens/step); "
-        f"{num_params(accelerator.unwrap_model(model)):,} parameters",
+        f"{num_params(accelerator.unwrap_model(model)):,} parameters; "
+        f"MFU {f'against the {peak.label}, {peak.tflops:g} TFLOP/s' if peak else 'not reported (no peak known)'}",
     )
     print0(accelerator, describe_data(run.mixture))
     if run.start_step >= t.max_steps and (not t.final_eval or final_evaluation_done(cfg.out_dir, run.start_step)):
@@ -609,7 +607,8 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
                     "tokens_per_s": timer_steps * tokens_per_step / elapsed, "step_ms": 1000 * elapsed / timer_steps,
                 }  # fmt: skip
                 if peak is not None:  # model FLOPs utilisation, against the peak of every device in the job
-                    record["mfu"] = perf.mfu(model_flops, record["tokens_per_s"], accelerator.num_processes, peak)
+                    record["mfu"] = perf.mfu(model_flops, record["tokens_per_s"], accelerator.num_processes,
+                                             peak.tflops)  # fmt: skip
                 record |= tracking.memory()
                 if run.watch.fp16:
                     record["skipped_steps"] = run.watch.skipped_steps  # by the fp16 scaler, so far
@@ -621,7 +620,7 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
             if evaluating:
                 record |= {f"eval/{k}": v for k, v in evaluate(run).items()}
                 if tasks is not None:  # four endings an item: items per pass ~ sequences of a micro batch
-                    items_per_pass = max(1, t.micro_batch_size // 4)
+                    items_per_pass = max(1, run.micro_batch_size // 4)
                     record |= tasks.evaluate(model, cfg.model.block_size, run.model_cfg.vocab_size, items_per_pass,
                                              accelerator)  # fmt: skip
             stopping = stop.agreed(accelerator, check=bool(record) or step % t.checkpoint_interval == 0)
@@ -654,7 +653,7 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
         final = {}
         for label, data in run.mixture.final_splits():
             final |= final_evaluation(accelerator, model, data, run.tokenizer, cfg.model.block_size,
-                                      t.micro_batch_size, cfg.out_dir, step, label)  # fmt: skip
+                                      run.micro_batch_size, cfg.out_dir, step, label)  # fmt: skip
         final = run.mixture.with_weighted_means(final)
         metrics_log.write(final | {"step": step, "tokens": step * tokens_per_step})
         last |= final

@@ -16,6 +16,7 @@ ENTRY_POINTS = {  # how it is run -> its source file
     ("-m", "gpt.hf"): "gpt/hf.py",
     ("-m", "gpt.config"): "gpt/config.py",
     ("-m", "gpt.serve"): "gpt/serve.py",
+    ("-m", "gpt.plan"): "gpt/plan.py",
 }
 
 

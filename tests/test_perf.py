@@ -48,11 +48,44 @@ def test_mfu_against_the_peak_table():
     assert perf.mfu(1_000_000, 2e6, 1, 312.0) == pytest.approx(2e12 / 312e12)
     assert perf.mfu(1_000_000, 2e6, 8, 312.0) == pytest.approx(2e12 / (8 * 312e12))  # the peak of all GPUs
     assert perf.mfu(1_000_000, 2e6, 1, None) is None
-    assert perf.peak_tflops(torch.device("cpu")) is None
-    names = {"NVIDIA A100-SXM4-80GB": 312.0, "NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H200": 989.0}
-    for name, tflops in names.items():
-        assert next(t for fragment, t in perf.PEAK_TFLOPS_BF16 if fragment in name) == tflops
+    assert perf.peak_tflops(torch.device("cpu"), "bf16") is None
+    assert perf.training_peak(0.0, torch.device("cpu"), "bf16") is None
+    assert perf.training_peak(2.5, torch.device("cpu"), "no") == perf.Peak(2.5, "configured peak (train.peak_tflops)")
     assert perf.peak_memory_bytes(torch.device("cpu")) > 10 * 2**20
+
+
+@pytest.mark.parametrize(
+    "name, precision, tflops, label",
+    [
+        ("NVIDIA A100-SXM4-80GB", "bf16", 312.0, "A100/A800"),
+        ("NVIDIA A100-SXM4-40GB", "tf32", 156.0, "A100/A800"),
+        ("NVIDIA A800-SXM4-80GB", "bf16", 312.0, "A100/A800"),
+        ("NVIDIA H100 80GB HBM3", "bf16", 989.4, "H100 SXM"),
+        ("NVIDIA H100 80GB HBM3", "fp32", 66.9, "H100 SXM"),
+        ("NVIDIA H100 PCIe", "bf16", 756.0, "H100 PCIe"),
+        ("NVIDIA H100 NVL", "bf16", 835.5, "H100 NVL"),  # not the SXM part's 989
+        ("NVIDIA H200", "bf16", 989.4, "H200 SXM"),
+        ("NVIDIA H200 NVL", "bf16", 835.5, "H200 NVL"),
+        ("NVIDIA H800", "tf32", 494.7, "H800 SXM"),
+        ("NVIDIA L4", "bf16", 121.0, "L4"),
+        ("NVIDIA L40S", "bf16", 362.1, "L40S"),
+        ("NVIDIA A10", "bf16", 125.0, "A10"),
+        ("NVIDIA GeForce RTX 4090", "tf32", 82.6, "RTX 4090"),
+    ],
+)
+def test_peak_is_looked_up_by_device_and_precision(name, precision, tflops, label):
+    peak = perf.lookup_peak(name, precision)
+    assert peak == perf.Peak(tflops, f"{label} dense {precision} peak")
+
+
+def test_peak_precision_follows_autocast_then_the_fp32_matmul_setting():
+    assert perf.matmul_precision("bf16", "highest") == "bf16"
+    assert perf.matmul_precision("fp16", "high") == "bf16"
+    assert perf.matmul_precision("no", "high") == "tf32"  # fp32 runs are measured against TF32, not bf16
+    assert perf.matmul_precision("no", "highest") == "fp32"
+    assert perf.matmul_precision("no", "medium") == "bf16"
+    assert perf.lookup_peak("NVIDIA A10G", "bf16") is None  # unknown parts: no MFU rather than a wrong one
+    assert perf.lookup_peak("Tesla V100-SXM2-16GB", "bf16") is None
 
 
 def test_lr_follows_the_time_budget_when_given_progress():

@@ -381,19 +381,16 @@ def test_gpt2_124m_preset_is_the_reproduction_setup():
 
     from gpt.config import load_config
     from gpt.model import build_model
-    from gpt.trainer import accumulation_steps
+    from gpt.plan import GIB, GPU_KINDS, resolve_micro_batch
 
     cfg = load_config(["gpt2_124m_fineweb"])
     assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (12, 12, 768, 1024)
     assert cfg.train.batch_size * cfg.model.block_size == 524_288  # ~0.5M tokens per step
     assert cfg.model.gelu == load_config(["bench_gpt2_124m"]).model.gelu == "tanh"  # GPT-2's GELU
-    assert [accumulation_steps(cfg.train.batch_size, cfg.train.micro_batch_size, n) for n in (1, 2, 4, 8)] == [
-        8,
-        4,
-        2,
-        1,
-    ]
     cfg.model.vocab_size = GPT2Tokenizer().vocab_size  # what model.vocab_size=0 takes from the prepared data
+    h100 = int(GPU_KINDS["h100-80gb"].memory_gib * GIB)
+    # micro batch auto on 80 GB GPUs: 64 sequences (nanoGPT's and llm.c's), so 8 accumulation steps on 1 GPU, 1 on 8
+    assert [resolve_micro_batch(cfg.train, cfg.model, n, h100, "bf16", False)[0] for n in (1, 2, 4, 8)] == [64] * 4
     with torch.device("meta"):
         model = build_model(cfg.model)
     assert round(sum(p.numel() for p in model.parameters()) / 1e6) == 124

@@ -209,7 +209,8 @@ def test_final_evaluation_is_the_full_val_pass_logged_and_written_beside_the_che
 
 
 def test_mfu_is_logged_against_the_configured_peak(trained):
-    out, _ = trained
+    out, r = trained
+    assert "MFU against the configured peak (train.peak_tflops), 0.05 TFLOP/s" in r.stdout  # the log names it
     model, _, _ = load_exported(out)
     # N: the weights that multiply activations (the blocks' matrices and the tied head); lookups, biases
     # and norm gains are left out
