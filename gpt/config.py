@@ -73,6 +73,13 @@ class ModelConfig:
         "How attention is computed (same result): 'sdpa' torch's fused kernel (flash attention on GPUs), or "
         "'explicit' softmax(q k^T / sqrt(hs)) v as matmuls, faster on CPUs in bf16 for short contexts (memory ~ T^2).",
     )
+    loss_chunk: int = doc(
+        0,
+        "Tokens per piece of the loss: training computes the head and cross-entropy this many tokens at a time, "
+        "recomputing each piece in backward, so the whole (batch x block_size x vocabulary) logits never exist "
+        "(same loss and gradients). 0: automatic, 2048 when the padded vocabulary has 8192 or more entries "
+        "(GPT-2's: 64 x 1024 tokens of float32 logits would take 13 GB), else in one piece; -1: always in one piece.",
+    )
     mlp: Literal["gelu", "relu2"] = doc("gelu", "MLP non-linearity: 'gelu' or 'relu2' (squared ReLU).")
     tie_head: bool = doc(True, "Use the token embedding as the LM head (weight tying); false adds a separate head.")
     zero_init_proj: bool = doc(
@@ -476,6 +483,10 @@ def validate(cfg: Config) -> None:
         raise UserError(
             f"model.position=rope needs an even head size, got n_embd / n_head = {m.n_embd // m.n_head}; "
             "change model.n_embd or model.n_head"
+        )
+    if m.loss_chunk < -1:
+        raise UserError(
+            f"model.loss_chunk must be a number of tokens, 0 (automatic) or -1 (one piece), got {m.loss_chunk}"
         )
     if m.rope_base <= 1.0:
         raise UserError(f"model.rope_base must be greater than 1, got {m.rope_base}")

@@ -26,7 +26,6 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, GradientAccumulationPlugin, ProjectConfiguration, set_seed
-from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
 from gpt import fsdp, hf, perf
@@ -345,29 +344,28 @@ def evaluate(run: Run) -> dict[str, float]:
     """Mean loss over a fixed set of windows per split, shared out over all processes and reduced.
 
     Every process runs the same number of forward passes (sharded models need all of them), padding
-    its share with ignored windows; the result does not depend on the number of processes.
+    its share with ignored windows; the result does not depend on the number of processes. Every
+    pass has the same batch shape, so a compiled model compiles evaluation once.
     """
     cfg, accelerator, model = run.cfg, run.accelerator, run.model
-    T, n, micro = cfg.model.block_size, cfg.train.eval_windows, cfg.train.micro_batch_size
+    T, n = cfg.model.block_size, cfg.train.eval_windows
     world, rank = accelerator.num_processes, accelerator.process_index
     per_rank = math.ceil(n / world)
+    rows = min(cfg.train.micro_batch_size, per_rank)  # windows per pass, the last pass padded up to it
     model.eval()
     out = {}
     for split_id, (name, data) in enumerate((("train", run.train_data), ("val", run.val_data))):
         starts = eval_window_starts(cfg.seed, split_id, n, len(data), T)
         mine = starts[rank::world]
         totals = torch.zeros(2, device=accelerator.device, dtype=torch.float64)  # loss sum, token count
-        for lo in range(0, per_rank, micro):
-            rows = min(micro, per_rank - lo)
+        for lo in range(0, per_rank, rows):
             chunk = mine[lo : lo + rows]
             real = len(chunk)
-            if real < rows:  # padding: any window, ignored below
-                chunk = list(chunk) + [starts[0]] * (rows - real)
+            chunk = list(chunk) + [starts[0]] * (rows - real)  # padding: any window, ignored below
             x, y = to_inputs_targets(data.windows(chunk, T + 1))
             y[real:] = -1
             x, y = x.to(accelerator.device), y.to(accelerator.device)
-            logits, _ = model(x)
-            loss_sum = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum")
+            _, loss_sum = model(x, y, reduction="sum")
             totals += torch.stack([loss_sum.double(), (y != -1).sum().double()])
         totals = accelerator.reduce(totals, reduction="sum")
         out[f"{name}/loss"] = (totals[0] / totals[1]).item()
