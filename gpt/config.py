@@ -131,6 +131,13 @@ class TrainConfig:
         "launch's (accelerate launch --mixed_precision, or its config file), else 'no'.",
     )
     compile: bool = doc(False, "Wrap the model in torch.compile.")
+    activation_checkpointing: bool = doc(
+        False,
+        "Recompute each transformer block's activations in backward instead of keeping them: a block keeps "
+        "only its input, for about a third more compute, so larger models and batches fit; same loss and "
+        "gradients. Under FSDP this is accelerate's (launch configs can also set fsdp_activation_checkpointing), "
+        "which needs model.dropout=0.",
+    )
     matmul_precision: Literal["auto", "highest", "high", "medium"] = doc(
         "auto",
         "float32 matmuls (torch.set_float32_matmul_precision): 'highest' full fp32; 'high' TF32 on NVIDIA GPUs; "

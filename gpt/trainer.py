@@ -28,7 +28,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, GradientAccumulationPlugin, ProjectConfiguration, set_seed
 
 from gpt import checkpoint as ckpt
-from gpt import fsdp, hf, perf
+from gpt import activation_checkpointing, fsdp, hf, perf
 from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
@@ -196,7 +196,7 @@ def setup(cfg: Config) -> Run:
         project_config=ProjectConfiguration(project_dir=cfg.out_dir, automatic_checkpoint_naming=False),
         dynamo_backend="inductor" if t.compile else "no",
         step_scheduler_with_optimizer=False,
-        fsdp_plugin=fsdp.accelerate_plugin() if fsdp.fsdp_requested() else None,  # one unit per Block
+        fsdp_plugin=fsdp.accelerate_plugin(t.activation_checkpointing) if fsdp.fsdp_requested() else None,
     )
     if accelerator.num_processes != launched:
         raise UserError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}")
@@ -235,6 +235,7 @@ def setup(cfg: Config) -> Run:
             hf.load_pretrained(model, cfg.model.init_from)
     model = model.to(device)
     optimizer = build_optimizer(model, t, device)
+    activation_checkpointing.apply(accelerator, model, t.activation_checkpointing, model_cfg.dropout)
     model, optimizer = accelerator.prepare(model, optimizer)
     register_weight_hooks(accelerator)
 
