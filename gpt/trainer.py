@@ -27,8 +27,8 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, GradientAccumulationPlugin, ProjectConfiguration, set_seed
 
-from gpt import checkpoint as ckpt
 from gpt import activation_checkpointing, fsdp, hf, perf
+from gpt import checkpoint as ckpt
 from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
