@@ -160,7 +160,7 @@ def generate_tokens(
     keep = min(block_size, block_size - block_size // 2 + 1) if context_mode == "fast" else block_size
     context = prompt[:, -block_size:]  # (B, T)
     cache = model.new_cache(rolling=rolling) if use_cache else None
-    logits, _ = model(context, cache=cache)
+    logits, _ = model(context, cache=cache, last_only=True)  # (B, 1, V): only the last position is sampled
     for step in range(max_new_tokens):
         # [:vocab_size]: the head may have padding rows (model.pad_vocab_to); they are never sampled
         token = next_token(logits[:, -1, : model.cfg.vocab_size], temperature, top_k, top_p, generator)  # (B,)
@@ -172,12 +172,12 @@ def generate_tokens(
         if cropped:
             context = context[:, -keep:]
         if cache is None:
-            logits, _ = model(context)  # the whole window, every step
+            logits, _ = model(context, last_only=True)  # the whole window, every step
         elif cropped and not rolling:
             cache.reset()  # positions shifted: re-encode the window
-            logits, _ = model(context, cache=cache)
+            logits, _ = model(context, cache=cache, last_only=True)
         else:
-            logits, _ = model(token[:, None], cache=cache)  # one new position
+            logits, _ = model(token[:, None], cache=cache, last_only=True)  # one new position
 
 
 def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:

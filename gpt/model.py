@@ -275,6 +275,7 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
         reduction: str = "mean",
+        last_only: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Token ids idx (B, T) -> (logits (B, T, V), None) without targets, (None, loss) with them.
 
@@ -282,6 +283,7 @@ class GPT(nn.Module):
         reduction='sum' their sum (float32 either way). Training gets no logits: the loss is computed
         from the hidden states in chunks (``head_loss``), never from a whole (B, T, V) tensor. With a
         cache, idx holds only the new tokens; their positions continue after the cached ones.
+        last_only: logits (B, 1, V) of the last position alone, the one generation samples from.
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
@@ -299,6 +301,8 @@ class GPT(nn.Module):
             x = block(x, cache, rotation)  # (B, T, C)
         if cache is not None:
             cache.advance(T)
+        if last_only:
+            x = x[:, -1:]  # (B, 1, C)
         x = self.ln_f(x)
         head = self.wte.weight if self.lm_head is None else self.lm_head.weight  # (V, C)
         if targets is not None:
@@ -326,9 +330,10 @@ class BigramLanguageModel(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
         reduction: str = "mean",
+        last_only: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """As GPT.forward: (logits, None) without targets, (None, loss) with them."""
-        logits = self.table(idx)  # (B, T, V)
+        logits = self.table(idx[:, -1:] if last_only else idx)  # (B, T, V), or (B, 1, V)
         if cache is not None:  # nothing to remember: the next token depends on the current one only
             cache.advance(idx.size(1))
         if targets is None:
