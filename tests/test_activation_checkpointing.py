@@ -1,13 +1,19 @@
 """train.activation_checkpointing: the same loss and gradients, less memory kept for backward, plain names."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate.utils import DistributedType
+from accelerate.utils.fsdp_utils import fsdp2_apply_ac
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
-from gpt.activation_checkpointing import wrap_blocks
+from gpt.activation_checkpointing import apply, wrap_blocks
 from gpt.checkpoint import load_exported, resolve_export
 from gpt.config import ModelConfig, load_config
+from gpt.errors import UserError
+from gpt.fsdp import accelerate_plugin
 from gpt.model import GPT
 from gpt.trainer import train
 
@@ -80,3 +86,34 @@ def test_trainer_with_activation_checkpointing_trains_the_same_model(tmp_path, d
     reference, _, _ = load_exported(resolve_export(tmp_path / "plain"))
     for (name, p), q in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
+
+
+def fsdp_run(plugin) -> SimpleNamespace:
+    """What ``apply`` and accelerate's FSDP2 checkpointing read of an FSDP accelerator (FSDP needs GPUs)."""
+    return SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin))
+
+
+def test_under_fsdp_accelerates_own_checkpointing_wraps_every_block_alike():
+    plugin = accelerate_plugin(activation_checkpointing=True)
+    assert plugin.activation_checkpointing and not accelerate_plugin().activation_checkpointing  # launch's: off
+    torch.manual_seed(0)
+    plain = GPT(tiny())
+    model = GPT(tiny())
+    model.load_state_dict(plain.state_dict())
+    apply(fsdp_run(plugin), model, enabled=True, dropout=0.0)  # leaves it to accelerate's prepare
+    assert not any(isinstance(m, CheckpointWrapper) for m in model.modules())
+    plugin.set_auto_wrap_policy(model)  # what accelerate's FSDP2 prepare does, before fully_shard
+    fsdp2_apply_ac(fsdp_run(plugin), model)
+    wrapped = [name for name, m in model.named_modules() if isinstance(m, CheckpointWrapper)]
+    assert wrapped == ["blocks.0", "blocks.1"]
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    loss, grads, _ = step(plain)
+    wrapped_loss, wrapped_grads, _ = step(model)
+    torch.testing.assert_close(wrapped_loss, loss)
+    for name, grad in grads.items():
+        torch.testing.assert_close(wrapped_grads[name], grad, msg=name)
+
+
+def test_fsdp_checkpointing_with_dropout_is_refused():
+    with pytest.raises(UserError, match="model.dropout=0"):
+        apply(fsdp_run(accelerate_plugin(activation_checkpointing=True)), GPT(tiny()), enabled=True, dropout=0.1)
