@@ -86,8 +86,9 @@ def one_process(tmp_path_factory, data_root) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "processes, extra",
-    [(2, []), (4, []), (2, ["train.activation_checkpointing=true"])],  # recomputed blocks under DDP: the same model
-    ids=["2", "4", "2-activation_checkpointing"],
+    # recomputed blocks, and the loss in pieces of 16 tokens (automatic only for large vocabularies), under DDP
+    [(2, []), (4, []), (2, ["train.activation_checkpointing=true", "model.loss_chunk=16"])],
+    ids=["2", "4", "2-recomputed"],
 )
 def test_processes_times_accumulation_trains_the_same_model(processes, extra, one_process, data_root, tmp_path):
     out = tmp_path / f"{processes}x{4 // processes}"
