@@ -1,6 +1,8 @@
 """The GPT of "Let's build GPT: from scratch", as a plain ``nn.Module``.
 
-Read top to bottom: attention, MLP, block, the GPT itself, then the lecture's bigram baseline.
+Read top to bottom: attention, MLP, block, the loss, the GPT itself, then the lecture's bigram
+baseline. Training calls ``model(idx, targets)`` and gets ``(None, loss)``: no logits, which at a
+large vocabulary would be the biggest tensor of the step; inference calls ``model(idx)`` for them.
 Shapes in comments use B = batch, T = sequence length, C = n_embd, nh = heads, hs = C // nh,
 V = vocabulary size (padded, see ModelConfig.pad_vocab_to), P = tokens already in the key/value cache.
 
