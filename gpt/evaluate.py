@@ -129,9 +129,9 @@ def evaluate_split(
     for lo in range(0, per_process, rows):
         x, y = window_batch(data, mine[lo : lo + rows], block_size)
         x, y = x.to(device), y.to(device)
-        _, nll_sum = model(x, y, reduction="sum")  # ignored targets contribute 0
+        _, nll = model(x, y, reduction="none")  # (B, T) float32, 0 where ignored
         real = y.flatten() != -1
-        totals[0] += nll_sum.double()
+        totals[0] += nll.double().sum()
         totals[1] += real.sum()
         totals[2] += byte_lengths[y.flatten()[real]].sum()
     model.train(was_training)

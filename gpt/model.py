@@ -205,11 +205,12 @@ def loss_chunk_tokens(cfg: ModelConfig) -> int:
     return AUTO_LOSS_CHUNK if cfg.padded_vocab_size >= CHUNKED_LOSS_FROM_VOCAB else 0
 
 
-def nll_sum(x: torch.Tensor, head: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of the head's predictions from hidden states x (N, C) for targets (N,),
-    -1 ignored. The logits (N, V) are cast to float32 first: a softmax over V in bf16 loses digits."""
+def cross_entropy(x: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Cross-entropy of the head's predictions from hidden states x (N, C) for targets (N,), -1 ignored,
+    summed ('sum') or per token ('none', 0 where ignored). The logits (N, V) are cast to float32 first:
+    a softmax over V in bf16 loses digits."""
     logits = F.linear(x, head).float()  # (N, V)
-    return F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum")
+    return F.cross_entropy(logits, targets, ignore_index=-1, reduction=reduction)
 
 
 def head_loss(x: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, chunk: int, reduction: str) -> torch.Tensor:
@@ -217,21 +218,25 @@ def head_loss(x: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, chunk:
 
     chunk > 0 takes that many tokens at a time, each under activation checkpointing: backward keeps
     only x and recomputes one chunk's logits at a time, so no (B, T, V) tensor ever exists (with
-    GPT-2's vocabulary, 64 x 1024 tokens of fp32 logits would be 13 GB). The sum is the same.
-    reduction: 'mean' over targets != -1, or 'sum' (evaluation adds sums over batches and processes).
+    GPT-2's vocabulary, 64 x 1024 tokens of fp32 logits would be 13 GB). The result is the same.
+    reduction: 'mean' over targets != -1; 'sum' (evaluation adds sums over batches and processes);
+    'none', per token (B, T), 0 where ignored (the full evaluation sums them in float64).
     """
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    per_piece = "none" if reduction == "none" else "sum"
+    shape = targets.shape
     x, targets = x.flatten(0, 1), targets.flatten()  # (B*T, C), (B*T,)
-    if chunk <= 0 or chunk >= len(targets):
-        total = nll_sum(x, head, targets)
-    else:
-        total = x.new_zeros((), dtype=torch.float32)
-        for xs, ts in zip(x.split(chunk), targets.split(chunk), strict=True):  # (chunk, C), (chunk,)
-            if torch.is_grad_enabled():  # backward recomputes this chunk's logits instead of keeping them
-                total = total + checkpoint(nll_sum, xs, head, ts, use_reentrant=False)
-            else:  # evaluation: nothing to keep anyway
-                total = total + nll_sum(xs, head, ts)
+    size = chunk if 0 < chunk < len(targets) else len(targets)  # tokens per piece
+    pieces = []
+    for xs, ts in zip(x.split(size), targets.split(size), strict=True):  # (size, C), (size,)
+        if size < len(targets) and torch.is_grad_enabled():  # backward recomputes this piece's logits
+            pieces.append(checkpoint(cross_entropy, xs, head, ts, per_piece, use_reentrant=False))
+        else:  # one piece, or evaluation: nothing kept for backward
+            pieces.append(cross_entropy(xs, head, ts, per_piece))
+    if reduction == "none":
+        return torch.cat(pieces).view(shape)  # (B, T)
+    total = torch.stack(pieces).sum()
     if reduction == "sum":
         return total
     return total / (targets != -1).sum()  # the mean over predicted tokens (nan when there are none)
@@ -281,10 +286,11 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Token ids idx (B, T) -> (logits (B, T, V), None) without targets, (None, loss) with them.
 
-        The loss is the cross-entropy over targets (B, T), -1 ignored: their mean, or with
-        reduction='sum' their sum (float32 either way). Training gets no logits: the loss is computed
-        from the hidden states in chunks (``head_loss``), never from a whole (B, T, V) tensor. With a
-        cache, idx holds only the new tokens; their positions continue after the cached ones.
+        The loss is the cross-entropy over targets (B, T), -1 ignored, in float32: their mean, with
+        reduction='sum' their sum, with 'none' each token's (B, T). Training gets no logits: the loss
+        is computed from the hidden states in chunks (``head_loss``), never from a whole (B, T, V)
+        tensor. With a cache, idx holds only the new tokens; their positions continue after the
+        cached ones.
         last_only: logits (B, 1, V) of the last position alone, the one generation samples from.
         """
         B, T = idx.shape

@@ -3,7 +3,7 @@ with no logits returned and no (B, T, V) tensor ever whole."""
 
 import pytest
 import torch
-from accelerate import Accelerator
+from accelerate.utils import convert_outputs_to_fp32
 from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -54,8 +54,10 @@ def test_loss_is_the_float32_cross_entropy_of_the_logits_over_kept_targets(chunk
     per_token = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none")
     no_logits, mean = model(idx, targets)
     _, total = model(idx, targets, reduction="sum")
+    _, each = model(idx, targets, reduction="none")
     assert no_logits is None  # training gets the loss only
-    assert mean.dtype == total.dtype == torch.float32
+    assert mean.dtype == total.dtype == each.dtype == torch.float32
+    torch.testing.assert_close(each, per_token.view_as(targets))  # 0 where ignored
     torch.testing.assert_close(total, per_token.sum())
     torch.testing.assert_close(mean, per_token.sum() / kept.sum())
     changed = idx.clone()
@@ -66,8 +68,10 @@ def test_loss_is_the_float32_cross_entropy_of_the_logits_over_kept_targets(chunk
 
 
 def test_training_through_accelerates_autocast_returns_no_logits():
-    accelerator = Accelerator(cpu=True, mixed_precision="bf16")
-    model = accelerator.prepare_model(GPT(tiny(loss_chunk=7)))
+    model = GPT(tiny(loss_chunk=7))
+    # what Accelerator(mixed_precision="bf16").prepare_model does to forward (an Accelerator here would fix
+    # the precision for every later test of this process)
+    model.forward = convert_outputs_to_fp32(torch.autocast("cpu", dtype=torch.bfloat16)(model.forward))
     no_logits, loss = model(*batch())
     assert no_logits is None and loss.dtype == torch.float32
     loss.backward()
