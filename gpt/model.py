@@ -347,7 +347,7 @@ class BigramLanguageModel(nn.Module):
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=reduction)
-        return None, loss
+        return None, loss.view_as(targets) if reduction == "none" else loss
 
     def new_cache(self, rolling: bool = False) -> KVCache:
         return KVCache(0, self.cfg.block_size, rolling)
