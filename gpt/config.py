@@ -74,6 +74,13 @@ class ModelConfig:
         "How attention is computed (same result): 'sdpa' torch's fused kernel (flash attention on GPUs), or "
         "'explicit' softmax(q k^T / sqrt(hs)) v as matmuls, faster on CPUs in bf16 for short contexts (memory ~ T^2).",
     )
+    loss_chunk: int = doc(
+        0,
+        "Tokens per piece of the loss: training computes the head and cross-entropy this many tokens at a time, "
+        "recomputing each piece in backward, so the whole (batch x block_size x vocabulary) logits never exist "
+        "(same loss and gradients). 0: automatic, 2048 when the padded vocabulary has 8192 or more entries "
+        "(GPT-2's: 64 x 1024 tokens of float32 logits would take 13 GB), else in one piece; -1: always in one piece.",
+    )
     mlp: Literal["gelu", "relu2"] = doc("gelu", "MLP non-linearity: 'gelu' or 'relu2' (squared ReLU).")
     tie_head: bool = doc(True, "Use the token embedding as the LM head (weight tying); false adds a separate head.")
     zero_init_proj: bool = doc(
@@ -163,7 +170,10 @@ class TrainConfig:
     compile: bool = doc(False, "Wrap the model in torch.compile.")
     activation_checkpointing: bool = doc(
         False,
-        "Recompute each block's activations in the backward pass (less memory, about a third more compute).",
+        "Recompute each transformer block's activations in backward instead of keeping them: a block keeps "
+        "only its input, for about a third more compute, so larger models and batches fit; same loss and "
+        "gradients. Under FSDP this is accelerate's (launch configs can also set fsdp_activation_checkpointing), "
+        "which needs model.dropout=0.",
     )
     matmul_precision: Literal["auto", "highest", "high", "medium"] = doc(
         "auto",
@@ -625,6 +635,10 @@ def validate(cfg: Config) -> None:
         raise UserError(
             f"model.position=rope needs an even head size, got n_embd / n_head = {m.n_embd // m.n_head}; "
             "change model.n_embd or model.n_head"
+        )
+    if m.loss_chunk < -1:
+        raise UserError(
+            f"model.loss_chunk must be a number of tokens, 0 (automatic) or -1 (one piece), got {m.loss_chunk}"
         )
     if m.rope_base <= 1.0:
         raise UserError(f"model.rope_base must be greater than 1, got {m.rope_base}")

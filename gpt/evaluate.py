@@ -26,8 +26,9 @@ processes beyond float rounding.
 Bits per byte = (sum over predicted tokens of -log2 p(token)) / (UTF-8 bytes of the text those
 tokens decode to). The denominator counts bytes, not tokens, so models with different tokenizers
 (a character model and a GPT-2 BPE model of the same text) compare. Each token's byte length is
-exact: the UTF-8 length of its character (char tokenizer) or of the bytes it stands for (GPT-2;
-end-of-text stands for no text and counts 0 bytes, its prediction still counts in the loss).
+exact: the UTF-8 length of its character (char tokenizer) or of the bytes it stands for (GPT-2);
+end-of-text (GPT-2's, or a char tokenizer's for data of several documents) stands for no text and
+counts 0 bytes, its prediction still counts in the loss.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
 from gpt.config import EvalConfig, parse_flags
@@ -69,8 +69,8 @@ class EvalResult:
 
 def token_byte_lengths(tokenizer: Tokenizer) -> torch.Tensor:
     """(V,) int64: how many UTF-8 bytes of text each token id stands for."""
-    if isinstance(tokenizer, CharTokenizer):
-        lengths = [len(ch.encode("utf-8")) for ch in tokenizer.chars]
+    if isinstance(tokenizer, CharTokenizer):  # end-of-text, where there is one, is the id after the characters
+        lengths = [len(ch.encode("utf-8")) for ch in tokenizer.chars] + [0] * (tokenizer.eot_id is not None)
     elif isinstance(tokenizer, GPT2Tokenizer):
         token_bytes = tokenizer.enc.decode_single_token_bytes
         lengths = [0 if i == tokenizer.eot_id else len(token_bytes(i)) for i in range(tokenizer.vocab_size)]
@@ -122,18 +122,18 @@ def evaluate_split(
     n_windows = num_windows(len(data), block_size)
     mine = list(range(rank, n_windows, world))
     per_process = math.ceil(n_windows / world)
-    mine += [-1] * (per_process - len(mine))  # the same number of passes on every process
+    rows = min(batch_size, per_process)  # windows per pass: every pass the same shape (one compilation)
+    mine += [-1] * (math.ceil(per_process / rows) * rows - len(mine))  # the same passes on every process
     byte_lengths = byte_lengths.to(device)
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # sum of -ln p, tokens, bytes
     was_training = model.training
     model.eval()
-    for lo in range(0, per_process, batch_size):
-        x, y = window_batch(data, mine[lo : lo + batch_size], block_size)
+    for lo in range(0, per_process, rows):
+        x, y = window_batch(data, mine[lo : lo + rows], block_size)
         x, y = x.to(device), y.to(device)
-        logits, _ = model(x)  # (B, T, V)
-        nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="none")
+        _, nll = model(x, y, reduction="none")  # (B, T) float32, 0 where ignored
         real = y.flatten() != -1
-        totals[0] += nll.double().sum()  # ignored targets contribute 0
+        totals[0] += nll.double().sum()
         totals[1] += real.sum()
         totals[2] += byte_lengths[y.flatten()[real]].sum()
     model.train(was_training)

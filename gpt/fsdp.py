@@ -44,13 +44,15 @@ def fsdp_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
-def accelerate_plugin() -> FullyShardedDataParallelPlugin:
+def accelerate_plugin(activation_checkpointing: bool = False) -> FullyShardedDataParallelPlugin:
     """accelerate's FSDP settings with our wrapping policy and sharded checkpoints fixed; the FSDP
-    version, resharding, offloading and precision come from the launch config."""
+    version, resharding, offloading and precision come from the launch config. activation_checkpointing
+    turns on accelerate's (every unit recomputed in backward); False leaves it to the launch config."""
     return FullyShardedDataParallelPlugin(
         auto_wrap_policy="transformer_based_wrap",
         transformer_cls_names_to_wrap=[SHARDED_UNIT.__name__],
         state_dict_type="SHARDED_STATE_DICT",
+        activation_checkpointing=True if activation_checkpointing else None,  # None: the launch's setting
     )
 
 

@@ -188,7 +188,7 @@ class BatchDecoder:
         self.groups = list(groups)
         self.context = prompt[:, -bs:]  # (B, T)
         self.cache = model.new_cache(rolling=self.rolling) if use_cache else None
-        self.logits = self._last_logits(model(self.context, cache=self.cache)[0])  # (B, V)
+        self.logits = self._last_logits(model(self.context, cache=self.cache, last_only=True)[0])  # (B, V)
         self.pending: torch.Tensor | None = None  # the last tokens drawn, fed to the model on the next step
 
     def _last_logits(self, logits: torch.Tensor) -> torch.Tensor:
@@ -214,12 +214,12 @@ class BatchDecoder:
         if cropped:
             self.context = self.context[:, -self.keep_len :]
         if cache is None:
-            logits, _ = model(self.context)  # the whole window, every step
+            logits, _ = model(self.context, last_only=True)  # the whole window, every step
         elif cropped and not self.rolling:
             cache.reset()  # positions shifted: re-encode the window
-            logits, _ = model(self.context, cache=cache)
+            logits, _ = model(self.context, cache=cache, last_only=True)
         else:
-            logits, _ = model(token[:, None], cache=cache)  # one new position
+            logits, _ = model(token[:, None], cache=cache, last_only=True)  # one new position
         self.logits = self._last_logits(logits)
 
     @torch.inference_mode()

@@ -1,6 +1,8 @@
 """The GPT of "Let's build GPT: from scratch", as a plain ``nn.Module``.
 
-Read top to bottom: attention, MLP, block, the GPT itself, then the lecture's bigram baseline.
+Read top to bottom: attention, MLP, block, the loss, the GPT itself, then the lecture's bigram
+baseline. Training calls ``model(idx, targets)`` and gets ``(None, loss)``: no logits, which at a
+large vocabulary would be the biggest tensor of the step; inference calls ``model(idx)`` for them.
 Shapes in comments use B = batch, T = sequence length, C = n_embd, nh = heads, hs = C // nh,
 V = vocabulary size (padded, see ModelConfig.pad_vocab_to), P = tokens already in the key/value cache.
 
@@ -19,6 +21,7 @@ import math
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from gpt.config import ModelConfig
 
@@ -82,24 +85,26 @@ def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
 
 
 def rope_rotation(head_size: int, base: float, start: int, T: int, device: torch.device) -> torch.Tensor:
-    """Rotary position embedding (RoPE): the rotations e^(j * position * theta_i) for positions
-    start .. start+T-1, (T, 1, hs/2) complex, broadcast over heads.
+    """Rotary position embedding (RoPE): the cosines and sines of the angles position * theta_i for
+    positions start .. start+T-1, (T, 1, hs/2, 2) float32, broadcast over heads.
 
-    Channels (2i, 2i+1) of a query or key are read as one complex number and multiplied by its
-    rotation, so that q . k depends on how far apart two tokens are, not on where they are. Computed
-    once per forward pass from the config (a few hundred numbers): no buffer that
-    model.to(torch.bfloat16) could round.
+    Channels (2i, 2i+1) of a query or key are a 2-D point rotated by its angle (``apply_rope``), so
+    that q . k depends on how far apart two tokens are, not on where they are. Computed once per
+    forward pass from the config (a few hundred numbers): no buffer that model.to(torch.bfloat16)
+    could round. Real cos/sin rather than complex numbers, which torch.compile cannot fuse.
     """
     theta = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32, device=device) / head_size)  # (hs/2,)
     positions = torch.arange(start, start + T, dtype=torch.float32, device=device)  # (T,)
     angles = torch.outer(positions, theta)[:, None, :]  # (T, 1, hs/2)
-    return torch.polar(torch.ones_like(angles), angles)
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)  # (T, 1, hs/2, 2)
 
 
 def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """x: (B, T, H, hs), H vectors per position, rotated by ``rope_rotation``'s (T, 1, hs/2) -> same shape."""
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, T, H, hs/2), complex
-    return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)  # (B, T, H, hs)
+    """x: (B, T, H, hs), H vectors per position, rotated by ``rope_rotation``'s (T, 1, hs/2, 2) -> same shape."""
+    a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # channels 2i and 2i+1: (B, T, H, hs/2) each
+    cos, sin = rotation.unbind(-1)  # (T, 1, hs/2) each
+    rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)  # (B, T, H, hs/2, 2)
+    return rotated.flatten(-2).to(x.dtype)  # (B, T, H, hs)
 
 
 class CausalSelfAttention(nn.Module):
@@ -192,6 +197,56 @@ class Block(nn.Module):
         return x
 
 
+# The loss: the LM head and cross-entropy together, so that training never holds (B, T, V) logits.
+
+CHUNKED_LOSS_FROM_VOCAB = 8192  # loss_chunk=0 (automatic) chunks from this padded vocabulary size on
+AUTO_LOSS_CHUNK = 2048  # and then takes this many tokens per chunk
+
+
+def loss_chunk_tokens(cfg: ModelConfig) -> int:
+    """Tokens per chunk of the loss (``ModelConfig.loss_chunk``); 0 computes it in one piece."""
+    if cfg.loss_chunk != 0:
+        return max(cfg.loss_chunk, 0)
+    return AUTO_LOSS_CHUNK if cfg.padded_vocab_size >= CHUNKED_LOSS_FROM_VOCAB else 0
+
+
+def cross_entropy(x: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Cross-entropy of the head's predictions from hidden states x (N, C) for targets (N,), -1 ignored,
+    summed ('sum') or per token ('none', 0 where ignored). The logits (N, V) are cast to float32 first:
+    a softmax over V in bf16 loses digits."""
+    logits = F.linear(x, head).float()  # (N, V)
+    return F.cross_entropy(logits, targets, ignore_index=-1, reduction=reduction)
+
+
+def head_loss(x: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, chunk: int, reduction: str) -> torch.Tensor:
+    """Cross-entropy of hidden states x (B, T, C) through the head (V, C) against targets (B, T).
+
+    chunk > 0 takes that many tokens at a time, each under activation checkpointing: backward keeps
+    only x and recomputes one chunk's logits at a time, so no (B, T, V) tensor ever exists (with
+    GPT-2's vocabulary, 64 x 1024 tokens of fp32 logits would be 13 GB). The result is the same.
+    reduction: 'mean' over targets != -1; 'sum' (evaluation adds sums over batches and processes);
+    'none', per token (B, T), 0 where ignored (the full evaluation sums them in float64).
+    """
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    per_piece = "none" if reduction == "none" else "sum"
+    shape = targets.shape
+    x, targets = x.flatten(0, 1), targets.flatten()  # (B*T, C), (B*T,)
+    size = chunk if 0 < chunk < len(targets) else len(targets)  # tokens per piece
+    pieces = []
+    for xs, ts in zip(x.split(size), targets.split(size), strict=True):  # (size, C), (size,)
+        if size < len(targets) and torch.is_grad_enabled():  # backward recomputes this piece's logits
+            pieces.append(checkpoint(cross_entropy, xs, head, ts, per_piece, use_reentrant=False))
+        else:  # one piece, or evaluation: nothing kept for backward
+            pieces.append(cross_entropy(xs, head, ts, per_piece))
+    if reduction == "none":
+        return torch.cat(pieces).view(shape)  # (B, T)
+    total = torch.stack(pieces).sum()
+    if reduction == "sum":
+        return total
+    return total / (targets != -1).sum()  # the mean over predicted tokens (nan when there are none)
+
+
 class GPT(nn.Module):
     """Token + position embeddings, a stack of blocks, a final norm and a tied (or separate) LM head."""
 
@@ -227,12 +282,21 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, V) for token ids idx (B, T), and the mean cross-entropy if targets are given.
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        reduction: str = "mean",
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Token ids idx (B, T) -> (logits (B, T, V), None) without targets, (None, loss) with them.
 
-        Targets equal to -1 are ignored. With a cache, idx holds only the new tokens; their positions
-        continue after the cached ones.
+        The loss is the cross-entropy over targets (B, T), -1 ignored, in float32: their mean, with
+        reduction='sum' their sum, with 'none' each token's (B, T). Training gets no logits: the loss
+        is computed from the hidden states in chunks (``head_loss``), never from a whole (B, T, V)
+        tensor. With a cache, idx holds only the new tokens; their positions continue after the
+        cached ones.
+        last_only: logits (B, 1, V) of the last position alone, the one generation samples from.
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
@@ -250,13 +314,13 @@ class GPT(nn.Module):
             x = block(x, cache, rotation)  # (B, T, C)
         if cache is not None:
             cache.advance(T)
+        if last_only:
+            x = x[:, -1:]  # (B, 1, C)
         x = self.ln_f(x)
         head = self.wte.weight if self.lm_head is None else self.lm_head.weight  # (V, C)
-        logits = F.linear(x, head)  # (B, T, V)
-        loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T), ignore_index=-1)
-        return logits, loss
+            return None, head_loss(x, head, targets, loss_chunk_tokens(self.cfg), reduction)
+        return F.linear(x, head), None  # (B, T, V)
 
     def new_cache(self, rolling: bool = False) -> KVCache:
         """An empty key/value cache; ``rolling`` (rotary positions only) decodes on past block_size."""
@@ -274,16 +338,21 @@ class BigramLanguageModel(nn.Module):
         self.table = nn.Embedding(cfg.vocab_size, cfg.vocab_size)  # (V, V)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B, T = idx.shape
-        logits = self.table(idx)  # (B, T, V)
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        reduction: str = "mean",
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """As GPT.forward: (logits, None) without targets, (None, loss) with them."""
+        logits = self.table(idx[:, -1:] if last_only else idx)  # (B, T, V), or (B, 1, V)
         if cache is not None:  # nothing to remember: the next token depends on the current one only
-            cache.advance(T)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T), ignore_index=-1)
-        return logits, loss
+            cache.advance(idx.size(1))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=reduction)
+        return None, loss.view_as(targets) if reduction == "none" else loss
 
     def new_cache(self, rolling: bool = False) -> KVCache:
         return KVCache(0, self.cfg.block_size, rolling)

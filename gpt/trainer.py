@@ -31,10 +31,9 @@ from accelerate.utils import (
     ProjectConfiguration,
     set_seed,
 )
-from torch.nn import functional as F
 
+from gpt import activation_checkpointing, collective, cpu, fsdp, guards, hf, perf, precision, resume, runfiles, signals
 from gpt import checkpoint as ckpt
-from gpt import collective, cpu, fsdp, guards, hf, perf, precision, resume, runfiles, signals
 from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
 from gpt.data import BatchStream, DocumentStarts, TokenStream, eval_window_starts, split_files, to_inputs_targets
@@ -194,7 +193,7 @@ def setup(cfg: Config) -> Run:
         project_config=ProjectConfiguration(project_dir=cfg.out_dir, automatic_checkpoint_naming=False),
         dynamo_backend="inductor" if t.compile else "no",
         step_scheduler_with_optimizer=False,
-        fsdp_plugin=fsdp.accelerate_plugin() if fsdp.fsdp_requested() else None,  # one unit per Block
+        fsdp_plugin=fsdp.accelerate_plugin(t.activation_checkpointing) if fsdp.fsdp_requested() else None,
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=t.collective_timeout_s))],
     )
     if precision_note:
@@ -244,6 +243,7 @@ def setup(cfg: Config) -> Run:
             hf.load_pretrained(model, cfg.model.init_from)
     model = model.to(device)
     optimizer = build_optimizer(model, t, device)
+    activation_checkpointing.apply(accelerator, model, t.activation_checkpointing, model_cfg.dropout)
     model, optimizer = accelerator.prepare(model, optimizer)
     register_weight_hooks(accelerator)
 
@@ -378,29 +378,28 @@ def evaluate(run: Run) -> dict[str, float]:
     """Mean loss over a fixed set of windows per split, shared out over all processes and reduced.
 
     Every process runs the same number of forward passes (sharded models need all of them), padding
-    its share with ignored windows; the result does not depend on the number of processes.
+    its share with ignored windows; the result does not depend on the number of processes. Every
+    pass has the same batch shape, so a compiled model compiles evaluation once.
     """
     cfg, accelerator, model = run.cfg, run.accelerator, run.model
-    T, n, micro = cfg.model.block_size, cfg.train.eval_windows, run.micro_batch_size
+    T, n = cfg.model.block_size, cfg.train.eval_windows
     world, rank = accelerator.num_processes, accelerator.process_index
     per_rank = math.ceil(n / world)
+    rows = min(run.micro_batch_size, per_rank)  # windows per pass, the last pass padded up to it
     model.eval()
     out = {}
     for split_id, (name, data) in enumerate(run.mixture.eval_splits()):
         starts = eval_window_starts(cfg.seed, split_id, n, len(data), T)
         mine = starts[rank::world]
         totals = torch.zeros(2, device=accelerator.device, dtype=torch.float64)  # loss sum, token count
-        for lo in range(0, per_rank, micro):
-            rows = min(micro, per_rank - lo)
+        for lo in range(0, per_rank, rows):
             chunk = mine[lo : lo + rows]
             real = len(chunk)
-            if real < rows:  # padding: any window, ignored below
-                chunk = list(chunk) + [starts[0]] * (rows - real)
+            chunk = list(chunk) + [starts[0]] * (rows - real)  # padding: any window, ignored below
             x, y = to_inputs_targets(data.windows(chunk, T + 1))
             y[real:] = -1
             x, y = x.to(accelerator.device), y.to(accelerator.device)
-            logits, _ = model(x)
-            loss_sum = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum")
+            _, loss_sum = model(x, y, reduction="sum")
             totals += torch.stack([loss_sum.double(), (y != -1).sum().double()])
         totals = accelerator.reduce(totals, reduction="sum")
         out[f"{name}/loss"] = (totals[0] / totals[1]).item()

@@ -86,12 +86,17 @@ def one_process(tmp_path_factory, data_root) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("processes", [2, 4])
-def test_processes_times_accumulation_trains_the_same_model(processes, one_process, data_root, tmp_path):
+@pytest.mark.parametrize(
+    "processes, extra",
+    # recomputed blocks, and the loss in pieces of 16 tokens (automatic only for large vocabularies), under DDP
+    [(2, []), (4, []), (2, ["train.activation_checkpointing=true", "model.loss_chunk=16"])],
+    ids=["2", "4", "2-recomputed"],
+)
+def test_processes_times_accumulation_trains_the_same_model(processes, extra, one_process, data_root, tmp_path):
     out = tmp_path / f"{processes}x{4 // processes}"
     r = accelerate_launch(
         "--config_file", CPU_CONFIG, "--num_processes", str(processes), "--main_process_port", str(free_port()),
-        str(HELPERS / "train_and_fingerprint.py"), *run_args(data_root, out), cwd=tmp_path,
+        str(HELPERS / "train_and_fingerprint.py"), *run_args(data_root, out, *extra), cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, output(r)
     assert f"{processes} process(es)" in r.stdout and f"x {4 // processes} accumulation steps" in r.stdout

@@ -123,3 +123,40 @@ def test_command_refuses_bad_input_with_one_line(tmp_path, export, data_root):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "pass --data" in r.stderr
     r = evaluate_command("--out_dir", str(export), "--data", str(data_root / "tiny"), "--split", "test")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no token files for split 'test'" in r.stderr
+
+
+class InputShapes:
+    """The distinct input shapes a model's forward sees (a compiled model compiles once per shape)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.shapes: set[tuple[int, ...]] = set()
+        model.register_forward_pre_hook(lambda module, args: self.shapes.add(tuple(args[0].shape)))
+
+
+@pytest.mark.parametrize("windows, batch_size", [(7, 3), (2, 8)])  # a short last batch; fewer windows than a batch
+def test_full_pass_runs_one_batch_shape(tmp_path, shakespeare, windows, batch_size):
+    tok = CharTokenizer.from_text(shakespeare)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=tok.vocab_size))
+    seen = InputShapes(model)
+    data = token_stream(tmp_path, tok.encode(shakespeare[: windows * 8 + 1]), tok)
+    result = evaluate_split(model, data, token_byte_lengths(tok), block_size=8, batch_size=batch_size)
+    assert result.windows == windows
+    assert seen.shapes == {(min(windows, batch_size), 8)}
+
+
+def test_in_loop_evaluation_runs_one_batch_shape(data_root):
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from gpt.config import load_config
+    from gpt.trainer import evaluate
+
+    cfg = load_config(["model.block_size=8", "train.micro_batch_size=4", "train.batch_size=4", "train.eval_windows=10"])
+    val = TokenStream(split_files(data_root / "tiny", "val"))
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=val.vocab_size))
+    seen = InputShapes(model)
+    run = SimpleNamespace(cfg=cfg, accelerator=Accelerator(cpu=True), model=model, train_data=val, val_data=val)
+    losses = evaluate(run)
+    assert seen.shapes == {(4, 8)}  # 10 windows: 4 + 4 + 2 padded to 4
+    assert set(losses) == {"train/loss", "val/loss"} and 3.5 < losses["val/loss"] < 5.5

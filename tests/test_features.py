@@ -110,6 +110,21 @@ def test_rotary_scores_depend_only_on_relative_position():
     torch.testing.assert_close(rope(q, 7).norm(), q.norm())  # a rotation keeps lengths
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_real_rotary_form_equals_the_complex_one(dtype):
+    """The cos/sin rotation (which torch.compile fuses) gives the complex-number form's result."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 40, 3, 16).to(dtype)  # (B, T, H, hs)
+    start, hs = 1000, 16
+    theta = 10000.0 ** (-torch.arange(0, hs, 2, dtype=torch.float32) / hs)
+    angles = torch.outer(torch.arange(start, start + 40, dtype=torch.float32), theta)[:, None, :]
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # channels (2i, 2i+1) as a + ib
+    expected = torch.view_as_real(pairs * torch.polar(torch.ones_like(angles), angles)).flatten(-2).to(dtype)
+    got = apply_rope(x, rope_rotation(hs, 10000.0, start, 40, x.device))
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_rope_replaces_the_position_table(monkeypatch):
     model = GPT(tiny(position="rope"))
     assert model.wpe is None and not any("wpe" in n for n in model.state_dict())

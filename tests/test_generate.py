@@ -62,6 +62,18 @@ def test_greedy_cached_equals_uncached_inside_and_past_the_context(prompt_len):
     assert len(cached.unique()) > 5  # the model's choices depend on the context, so the check has teeth
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_only_the_sampled_position_gets_logits(use_cache):
+    """The prefill and every step compute the head for the last position only, not (B, T, V)."""
+    model = sharp_model()
+    shapes = []
+    model.register_forward_hook(lambda module, args, out: shapes.append(tuple(out[0].shape)))
+    run(model, prompt(12), BLOCK, temperature=0, use_cache=use_cache)  # prefill of 12, then past the context
+    assert len(shapes) == BLOCK and set(shapes) == {(3, 1, VOCAB)}  # the prefill, then one per new token
+    idx = prompt(12)
+    torch.testing.assert_close(model(idx, last_only=True)[0], model(idx)[0][:, -1:])
+
+
 def test_same_seed_same_samples_with_and_without_the_cache():
     model = sharp_model()
     idx = prompt(4)
@@ -200,7 +212,7 @@ class ScriptedModel(torch.nn.Module):
     def new_cache(self, rolling: bool = False) -> KVCache:
         return KVCache(0, self.cfg.block_size, rolling)
 
-    def forward(self, idx, targets=None, cache=None):
+    def forward(self, idx, targets=None, cache=None, last_only=False):
         B, T = idx.shape
         seen = cache.pos + T if cache is not None else T
         cache is not None and cache.advance(T)
@@ -208,7 +220,7 @@ class ScriptedModel(torch.nn.Module):
         step = min(seen - self.prompt_len, self.script.size(1) - 1)
         logits = torch.full((B, T, self.cfg.vocab_size), -10.0)
         logits[torch.arange(B), -1, self.script[:, step]] = 10.0
-        return logits, None
+        return logits[:, -1:] if last_only else logits, None
 
 
 def test_each_sample_stops_at_end_of_text():

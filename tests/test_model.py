@@ -133,7 +133,10 @@ def test_bigram_baseline():
     model = build_model(tiny(kind="bigram"))
     assert isinstance(model, BigramLanguageModel)
     idx = torch.randint(0, 65, (4, 16))
-    logits, loss = model(idx, idx)
+    logits, _ = model(idx)
     assert logits.shape == (4, 16, 65)
     # the next token depends on the current one only
     torch.testing.assert_close(logits[0, 3], model.table.weight[idx[0, 3]])
+    no_logits, loss = model(idx, idx)
+    assert no_logits is None
+    torch.testing.assert_close(loss, F.cross_entropy(logits.flatten(0, 1), idx.flatten()))
