@@ -31,6 +31,10 @@ def doc(default: Any, text: str) -> Any:
     return field(default=default, metadata={"doc": text})
 
 
+CHUNKED_LOSS_FROM_VOCAB = 8192  # model.loss_chunk=0 (automatic) chunks the loss from this padded vocabulary on
+AUTO_LOSS_CHUNK = 2048  # and then takes this many tokens per piece
+
+
 @dataclass
 class ModelConfig:
     """Model architecture. The checkpoint stores it, and sampling rebuilds the model from it."""
@@ -86,6 +90,13 @@ class ModelConfig:
     zero_init_proj: bool = doc(
         False, "Initialise the attention and MLP output projections to zero (each block starts as the identity)."
     )
+
+    @property
+    def loss_chunk_tokens(self) -> int:
+        """Tokens per piece of the training loss (loss_chunk resolved); 0: the loss in one piece."""
+        if self.loss_chunk != 0:
+            return max(self.loss_chunk, 0)
+        return AUTO_LOSS_CHUNK if self.padded_vocab_size >= CHUNKED_LOSS_FROM_VOCAB else 0
 
     @property
     def padded_vocab_size(self) -> int:

@@ -199,16 +199,6 @@ class Block(nn.Module):
 
 # The loss: the LM head and cross-entropy together, so that training never holds (B, T, V) logits.
 
-CHUNKED_LOSS_FROM_VOCAB = 8192  # loss_chunk=0 (automatic) chunks from this padded vocabulary size on
-AUTO_LOSS_CHUNK = 2048  # and then takes this many tokens per chunk
-
-
-def loss_chunk_tokens(cfg: ModelConfig) -> int:
-    """Tokens per chunk of the loss (``ModelConfig.loss_chunk``); 0 computes it in one piece."""
-    if cfg.loss_chunk != 0:
-        return max(cfg.loss_chunk, 0)
-    return AUTO_LOSS_CHUNK if cfg.padded_vocab_size >= CHUNKED_LOSS_FROM_VOCAB else 0
-
 
 def cross_entropy(x: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
     """Cross-entropy of the head's predictions from hidden states x (N, C) for targets (N,), -1 ignored,
@@ -319,7 +309,7 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         head = self.wte.weight if self.lm_head is None else self.lm_head.weight  # (V, C)
         if targets is not None:
-            return None, head_loss(x, head, targets, loss_chunk_tokens(self.cfg), reduction)
+            return None, head_loss(x, head, targets, self.cfg.loss_chunk_tokens, reduction)
         return F.linear(x, head), None  # (B, T, V)
 
     def new_cache(self, rolling: bool = False) -> KVCache:

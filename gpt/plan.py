@@ -34,7 +34,6 @@ from gpt.errors import UserError
 GIB = 2**30
 ALLOCATOR_SLACK = 0.10  # the caching allocator's fragmentation, on top of what the step keeps alive
 RUNTIME_GIB = 1.0  # CUDA context, cuBLAS and NCCL workspaces: outside torch's accounting, on the device
-LOSS_CHUNK_ROWS: int | None = None  # the trainer computes the loss over whole logits (see logits_loss_bytes)
 OPENAI_GPT2 = {  # model.init_from hub ids -> (n_layer, n_head, n_embd): the architecture comes from them
     "gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280), "gpt2-xl": (48, 25, 1600),
 }  # fmt: skip
@@ -236,7 +235,7 @@ def estimate_memory(cfg: ModelConfig, t: TrainConfig, micro_batch: int, world: i
         per_block=per_block,
         blocks=blocks,
         other_activations=other,
-        logits_loss=logits_loss_bytes(tokens, cfg.padded_vocab_size, bits16, LOSS_CHUNK_ROWS),
+        logits_loss=logits_loss_bytes(tokens, cfg.padded_vocab_size, bits16, cfg.loss_chunk_tokens or None),
         notes=notes,
     )
 
@@ -375,7 +374,7 @@ def report(cfg: Config, args: argparse.Namespace) -> tuple[list[str], dict, str 
         f"({plan.micro} x {model.block_size} = {tokens:,} tokens)"
         + (" (checkpointed: block inputs + one block recomputed)" if cfg.train.activation_checkpointing else ""),
         f"  logits/loss      {gib(mem.logits_loss)}  "
-        + ("whole logits" if LOSS_CHUNK_ROWS is None else f"chunks of {LOSS_CHUNK_ROWS} rows")
+        + (f"in pieces of {model.loss_chunk_tokens} tokens" if model.loss_chunk_tokens else "whole logits")
         + f" ({model.padded_vocab_size:,} per token); embeddings, head input {mem.other_activations / GIB:.2f} GiB",
         f"  allowances       {gib(mem.slack + int(RUNTIME_GIB * GIB))}  allocator {ALLOCATOR_SLACK:.0%}, "
         f"CUDA runtime {RUNTIME_GIB:g} GiB",

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gpt.config import ModelConfig
-from gpt.model import GPT, loss_chunk_tokens
+from gpt.model import GPT
 
 V = 512  # a vocabulary large enough that its logits dwarf everything else of this tiny model
 
@@ -78,10 +78,10 @@ def test_training_through_accelerates_autocast_returns_no_logits():
 
 
 def test_automatic_chunking_follows_the_vocabulary():
-    assert loss_chunk_tokens(ModelConfig(vocab_size=65)) == 0  # one piece
-    assert loss_chunk_tokens(ModelConfig(vocab_size=50257, pad_vocab_to=64)) > 0
-    assert loss_chunk_tokens(ModelConfig(vocab_size=50257, loss_chunk=-1)) == 0
-    assert loss_chunk_tokens(ModelConfig(vocab_size=65, loss_chunk=32)) == 32
+    assert ModelConfig(vocab_size=65).loss_chunk_tokens == 0  # one piece
+    assert ModelConfig(vocab_size=50257, pad_vocab_to=64).loss_chunk_tokens > 0
+    assert ModelConfig(vocab_size=50257, loss_chunk=-1).loss_chunk_tokens == 0
+    assert ModelConfig(vocab_size=65, loss_chunk=32).loss_chunk_tokens == 32
 
 
 class LargestTensor(TorchDispatchMode):
