@@ -389,8 +389,10 @@ def test_gpt2_124m_preset_is_the_reproduction_setup():
     assert cfg.model.gelu == load_config(["bench_gpt2_124m"]).model.gelu == "tanh"  # GPT-2's GELU
     cfg.model.vocab_size = GPT2Tokenizer().vocab_size  # what model.vocab_size=0 takes from the prepared data
     h100 = int(GPU_KINDS["h100-80gb"].memory_gib * GIB)
-    # micro batch auto on 80 GB GPUs: 64 sequences (nanoGPT's and llm.c's), so 8 accumulation steps on 1 GPU, 1 on 8
-    assert [resolve_micro_batch(cfg.train, cfg.model, n, h100, "bf16", False)[0] for n in (1, 2, 4, 8)] == [64] * 4
+    # micro batch auto on 80 GB GPUs: 128 sequences fit (the loss in pieces holds no whole logits), so 4
+    # accumulation steps on 1 GPU; on 8 GPUs each takes its whole share of 64 in one pass
+    micro = [resolve_micro_batch(cfg.train, cfg.model, n, h100, "bf16", False)[0] for n in (1, 2, 4, 8)]
+    assert micro == [128, 128, 128, 64]
     with torch.device("meta"):
         model = build_model(cfg.model)
     assert round(sum(p.numel() for p in model.parameters()) / 1e6) == 124
