@@ -39,7 +39,7 @@ from gpt.model import build_model, num_params
 from gpt.optim import build_optimizer, set_lr
 from gpt.prepare import ensure_dataset
 from gpt.tokenizer import Tokenizer, load_tokenizer
-from gpt.tracking import Tracking
+from gpt.tracking import Tracking, start_wandb
 
 EXIT_PREEMPTED = 75  # training stopped by SIGTERM/SIGUSR1 after saving; resume with resume=auto
 
@@ -325,14 +325,8 @@ def init_tracking(run: Run) -> str | None:
         "n_params": num_params(accelerator.unwrap_model(run.model)),
         "vocab_size": run.model_cfg.vocab_size,
     }
-    accelerator.init_trackers(
-        cfg.wandb.project or os.environ.get("WANDB_PROJECT") or "gpt",
-        config=to_dict(cfg) | {"derived": derived},
-        init_kwargs={"wandb": init},
-    )
-    if accelerator.is_main_process and run.wandb_mode == "offline":
-        run_dir = Path(accelerator.get_tracker("wandb", unwrap=True).dir).parent
-        print(f"W&B is offline (no credentials found); upload this run later with: wandb sync {run_dir}", flush=True)
+    project = cfg.wandb.project or os.environ.get("WANDB_PROJECT") or "gpt"
+    start_wandb(accelerator, project, to_dict(cfg) | {"derived": derived}, init, cfg.wandb.init_timeout_s)
     return wandb_id
 
 
