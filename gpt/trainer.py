@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from gpt import checkpoint as ckpt
 from gpt import fsdp, hf, perf
 from gpt.budget import TimeBudget
-from gpt.config import Config, ModelConfig, TrainConfig, to_dict
+from gpt.config import Config, ModelConfig, TrainConfig, resume_changes, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
 from gpt.evaluate import final_evaluation
@@ -242,6 +242,8 @@ def setup(cfg: Config) -> Run:
     resumed: dict[str, Any] = {}
     if resume_from is not None:
         resumed = restore(accelerator, resume_from, model_cfg, tokenizer)
+        if changes := resume_changes(resumed["config"], cfg):  # e.g. a new learning rate: said, not silent
+            print0(accelerator, changes)
     else:
         set_seed(cfg.seed, device_specific=True)  # dropout differs between processes
     return Run(
