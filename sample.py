@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gpt.config import SampleConfig, parse_flags
 from gpt.errors import UserError, run_main
-from gpt.generate import check_options, encode_prompt, load, resolve_context_mode, sample_ids
+from gpt.generate import check_memory, check_options, encode_prompt, load, resolve_context_mode, sample_ids
 
 
 def read_prompt(start: str) -> str:
@@ -47,6 +47,7 @@ def main(argv: list[str]) -> int:
     context_mode = resolve_context_mode(model, cfg.context_mode)  # 'auto': rolling for rotary models
     prompt = read_prompt(cfg.start)
     ids = encode_prompt(tokenizer, prompt)
+    check_memory(model, len(ids), cfg.max_new_tokens, cfg.num_samples)  # before anything is allocated
     stream = sys.stdout.isatty()  # token by token on a terminal, whole samples otherwise
     if stream:
         print(f"--- sample 1 of {cfg.num_samples} ---\n{prompt}", end="", flush=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,8 +60,6 @@ def allowed(value: Any, check: str) -> bool:
 
 
 def describe(check: str) -> str:
-    if not check:
-        return "a finite number"
     if check == NON_EMPTY:
         return "non-empty"
     return check if check[0] in "<>" else f"in {check}"
@@ -73,8 +72,11 @@ def check_fields(section: Any, prefix: str = "") -> None:
         if _is_section(tp):
             check_fields(value, f"{key}.")
         elif not allowed(value, f.metadata.get("check", "")):
-            meaning = f.metadata["doc"].split(". ")[0].rstrip(".")
-            raise UserError(f"config key '{key}' must be {describe(f.metadata['check'])}, got {value!r} ({meaning})")
+            rule = describe(f.metadata["check"])
+            if isinstance(value, float) and not math.isfinite(value):
+                rule = f"finite and {rule}" if f.metadata["check"] else "finite"
+            meaning = re.split(r"[.:;] ", f.metadata["doc"])[0].rstrip(".")  # the doc's first clause
+            raise UserError(f"config key '{key}' must be {rule}, got {value!r} ({meaning})")
 
 
 @dataclass
@@ -605,10 +607,10 @@ def parse_flags(section_type: type, argv: list[str], prog: str, description: str
     """Parse ``--name value`` flags into a dataclass, the ``--help`` text coming from the field docs."""
     import argparse
 
+    from gpt.errors import ArgumentParser
+
     defaults = section_type()
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, (f, tp) in _fields(defaults).items():
         parser.add_argument(
             f"--{name}", default=None, metavar=_type_name(tp).upper(),

@@ -1,5 +1,6 @@
 """The one exception type that reaches the user as a single line instead of a traceback."""
 
+import argparse
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -22,3 +23,11 @@ def run_main(main: Callable[[list[str]], int]) -> NoReturn:
         print(f"error: {e}", file=sys.stderr)
         code = 2
     sys.exit(code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, with a bad or missing option raised as a UserError (one line) instead of
+    printing the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message}; see {self.prog} --help")

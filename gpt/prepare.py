@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from gpt.data import TokenFileWriter, dtype_for_vocab, split_files
-from gpt.errors import UserError
+from gpt.errors import ArgumentParser, UserError
 from gpt.paths import check_folder
 from gpt.pieces import count_documents, split_pieces, text_file_pieces
 from gpt.tokenizer import ASSETS, CharTokenizer, Tokenizer, make_tokenizer, save_tokenizer, tokenizer_from_dict
@@ -746,7 +746,7 @@ def available_cpus() -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m gpt.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     src = p.add_argument_group("input (one of --input, --dataset)")
@@ -791,12 +791,14 @@ def sources_from_args(args: argparse.Namespace) -> tuple[Source, Source | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
+        if args.num_proc < 1:
+            raise UserError(f"--num_proc must be 1 or more, got {args.num_proc}")
         train, val = sources_from_args(args)
         m = prepare(
             train, args.out, args.tokenizer, val=val, val_fraction=args.val_fraction, shard_tokens=args.shard_tokens,
-            num_proc=max(1, args.num_proc), overwrite=args.overwrite,
+            num_proc=args.num_proc, overwrite=args.overwrite,
         )  # fmt: skip
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
