@@ -1,4 +1,5 @@
-"""Turn text into sharded train and val token files, through HuggingFace ``datasets`` for every input.
+"""Turn text into sharded train and val token files: tables and hub datasets through HuggingFace
+``datasets``, text files read here, in pieces.
 
     python -m gpt.prepare --input my_corpus.txt --out data/my_corpus --tokenizer char
     python -m gpt.prepare --input 'books/*.txt' --out data/books --tokenizer gpt2
@@ -9,10 +10,12 @@
 Inputs. ``--input`` is a file, a folder (every file under it, in sorted order) or a glob. Files ending
 in .jsonl/.json, .parquet or .csv/.tsv are tables whose ``--text_column`` holds one document per
 row; any other file is text, one document per file (``--sample_by paragraph`` or ``line`` makes
-each paragraph or line a document instead, and keeps memory small for a single huge file). Line
-endings are read as "\\n". ``--dataset`` loads a dataset from the HuggingFace hub with
-``datasets.load_dataset`` (``--streaming`` reads it without storing it first). Local files are
-always streamed: nothing is copied or cached.
+each paragraph or line a document instead, with the rules of ``datasets``' text builder). Line
+endings are read as "\\n". Every document, however long, is read and tokenized in pieces of at most
+a million characters (``gpt.pieces``), so memory stays small even for a huge file without a newline.
+``--dataset`` loads a dataset from the HuggingFace hub with ``datasets.load_dataset``
+(``--streaming`` reads it without storing it first). Local files are always streamed: nothing is
+copied or cached.
 
 Documents. Under GPT-2 BPE each document ends with the end-of-text token (50256). A character-level
 vocabulary is the sorted set of characters of the corpus (train and val), found in a first pass over
@@ -75,7 +78,7 @@ DEFAULT_VAL_FRACTION = 0.1
 
 
 # ----------------------------------------------------------------------------------------------
-# Inputs: everything becomes a `datasets` dataset with a text column
+# Inputs: text files (read by gpt.pieces) and `datasets` datasets with a text column
 
 
 @dataclass
