@@ -58,7 +58,7 @@ def text_file_pieces(path: Path, sample_by: str, limit: int = PIECE_CHARS) -> It
                 *ended, pending = pending.split(separator)
                 for text in ended:
                     if text or started or sample_by == "line":  # paragraph mode skips empty paragraphs
-                        yield text, True
+                        yield from split_pieces(text, limit)
                     started = False
             while len(pending) > limit:
                 end = piece_end(pending, min(limit, len(pending) - keep))
