@@ -35,6 +35,7 @@ from gpt.config import Config, ModelConfig, TrainConfig, resume_changes, to_dict
 from gpt.data import BatchStream, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
 from gpt.evaluate import final_evaluation
+from gpt.memory import check_model_fits
 from gpt.model import build_model, num_params
 from gpt.optim import build_optimizer, set_lr
 from gpt.prepare import ensure_dataset
@@ -227,6 +228,7 @@ def setup(cfg: Config) -> Run:
         model_cfg.vocab_size = tokenizer.vocab_size
     for data in (train_data, val_data):
         data.check_model(model_cfg.vocab_size)
+    check_model_fits(model_cfg, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), fsdp.fsdp_requested())
 
     resume_from = resolve_resume(cfg)
     set_seed(cfg.seed)  # identical initial weights on every process

@@ -240,6 +240,12 @@ def test_train_names_the_token_file_with_a_bad_id(tmp_path, data_root):
     assert_one_line(r, f"{val} holds token id 999 (at token 10), beyond its vocabulary")
 
 
+def test_a_model_too_large_for_memory_is_refused_before_it_is_built(tmp_path, data_root):
+    args = [*TINY, f"data.root={data_root}", "data.dataset=tiny", "model.n_embd=1000000", "model.n_head=1"]
+    r = run_script("train.py", *args, f"out_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_one_line(r, "the model has 24,000,", "GiB free on this machine; make it smaller (model.n_layer")
+
+
 # ------------------------------------------------------------------------------------------------
 # gpt.prepare
 
