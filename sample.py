@@ -37,6 +37,7 @@ def main(argv: list[str]) -> int:
     cfg = parse_flags(SampleConfig, argv, "sample.py", __doc__)
     # after the flags: --help and a bad flag answer before torch loads
     from gpt.generate import (
+        check_memory,
         check_options,
         complete_prefix,
         default_prompt,
@@ -51,6 +52,7 @@ def main(argv: list[str]) -> int:
     context_mode = resolve_context_mode(model, cfg.context_mode)  # 'auto': rolling for rotary models
     prompt = read_prompt(cfg.start) or default_prompt(tokenizer)
     ids = encode_prompt(tokenizer, prompt)
+    check_memory(model, len(ids), cfg.max_new_tokens, cfg.num_samples)  # before anything is allocated
     stream = sys.stdout.isatty()  # token by token on a terminal, whole samples otherwise
     if stream:
         print(f"--- sample 1 of {cfg.num_samples} ---\n{prompt}", end="", flush=True)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
@@ -20,15 +22,62 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from gpt.errors import UserError, run_main
+from gpt.paths import check_folder
 
 PRESET_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs")
 
 
-def doc(default: Any, text: str) -> Any:
-    """A dataclass field with a default value and its documentation."""
+def doc(default: Any, text: str, check: str = "") -> Any:
+    """A dataclass field with a default value, its documentation and the rule its values must follow
+    (``check``: see ``allowed``), checked by ``validate`` and ``parse_flags``."""
+    metadata = {"doc": text, "check": check}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# Rules for ``doc(..., check=...)``: a comparison (``> 0``, ``>= 0``), an interval with its ends included
+# ``[`` or excluded ``(`` (``[0, 1)``), or NON_EMPTY for text. Every float must also be finite.
+POSITIVE, NON_NEGATIVE, PROBABILITY, NON_EMPTY = "> 0", ">= 0", "[0, 1)", "non-empty"
+SEED = f"[0, {2**32})"  # what numpy's legacy seeding (accelerate's set_seed) accepts
+
+
+def allowed(value: Any, check: str) -> bool:
+    """Whether ``value`` follows the rule ``check`` (see ``doc``); an empty rule allows anything."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    if not check:
+        return True
+    if check == NON_EMPTY:
+        return bool(str(value).strip())
+    if check.startswith(">="):
+        return value >= float(check[2:])
+    if check.startswith(">"):
+        return value > float(check[1:])
+    low, high = (float(end) for end in check[1:-1].split(","))
+    above = value >= low if check[0] == "[" else value > low
+    below = value <= high if check[-1] == "]" else value < high
+    return above and below
+
+
+def describe(check: str) -> str:
+    if check == NON_EMPTY:
+        return "non-empty"
+    return check if check[0] in "<>" else f"in {check}"
+
+
+def check_fields(section: Any, prefix: str = "") -> None:
+    """Every field of a config section (and its sub-sections) against the rule declared with it."""
+    for name, (f, tp) in _fields(section).items():
+        value, key = getattr(section, name), prefix + name
+        if _is_section(tp):
+            check_fields(value, f"{key}.")
+        elif not allowed(value, f.metadata.get("check", "")):
+            rule = describe(f.metadata["check"])
+            if isinstance(value, float) and not math.isfinite(value):
+                rule = f"finite and {rule}" if f.metadata["check"] else "finite"
+            meaning = re.split(r"[.:;] ", f.metadata["doc"])[0].rstrip(".")  # the doc's first clause
+            raise UserError(f"config key '{key}' must be {rule}, got {value!r} ({meaning})")
 
 
 CHUNKED_LOSS_FROM_VOCAB = 8192  # model.loss_chunk=0 (automatic) chunks the loss from this padded vocabulary on
@@ -40,13 +89,15 @@ class ModelConfig:
     """Model architecture. The checkpoint stores it, and sampling rebuilds the model from it."""
 
     kind: Literal["gpt", "bigram"] = doc("gpt", "'gpt' (the transformer) or 'bigram' (the lecture's baseline).")
-    n_layer: int = doc(4, "Number of transformer blocks.")
-    n_head: int = doc(4, "Attention heads per block; must divide n_embd.")
-    n_embd: int = doc(128, "Width of the residual stream.")
-    block_size: int = doc(64, "Context length in tokens.")
-    dropout: float = doc(0.0, "Dropout probability on attention weights, residual branches and embeddings.")
+    n_layer: int = doc(4, "Number of transformer blocks.", check=POSITIVE)
+    n_head: int = doc(4, "Attention heads per block; must divide n_embd.", check=POSITIVE)
+    n_embd: int = doc(128, "Width of the residual stream.", check=POSITIVE)
+    block_size: int = doc(64, "Context length in tokens.", check=POSITIVE)
+    dropout: float = doc(
+        0.0, "Dropout probability on attention weights, residual branches and embeddings.", check=PROBABILITY
+    )
     bias: bool = doc(True, "Biases in Linear layers and LayerNorms (False is slightly faster).")
-    vocab_size: int = doc(0, "Vocabulary size; 0 takes it from the tokenizer of the data.")
+    vocab_size: int = doc(0, "Vocabulary size; 0 takes it from the tokenizer of the data.", check=NON_NEGATIVE)
     gelu: Literal["exact", "tanh"] = doc(
         "exact",
         "GELU in the MLP: 'exact' (erf, as in the lecture) or 'tanh' (the approximation GPT-2 was trained "
@@ -63,12 +114,15 @@ class ModelConfig:
         1,
         "Round the GPT's embedding and head up to a multiple of this many rows (64 on GPUs: faster matmuls); "
         "padded ids are never targets and never sampled. 1: no padding.",
+        check=">= 1",
     )
     position: Literal["learned", "rope"] = doc(
         "learned",
         "Position information: 'learned' absolute embeddings (the lecture's) or 'rope' (rotary, in attention).",
     )
-    rope_base: float = doc(10000.0, "Rotary embeddings: base of the geometric sequence of rotation frequencies.")
+    rope_base: float = doc(
+        10000.0, "Rotary embeddings: base of the geometric sequence of rotation frequencies.", check="> 1"
+    )
     norm: Literal["layernorm", "rmsnorm"] = doc("layernorm", "Normalisation layers: 'layernorm' or 'rmsnorm'.")
     qk_norm: bool = doc(
         False, "QK-norm: scale every query and key vector to unit RMS (no learned gain) before attention."
@@ -84,6 +138,7 @@ class ModelConfig:
         "recomputing each piece in backward, so the whole (batch x block_size x vocabulary) logits never exist "
         "(same loss and gradients). 0: automatic, 2048 when the padded vocabulary has 8192 or more entries "
         "(GPT-2's: 64 x 1024 tokens of float32 logits would take 13 GB), else in one piece; -1: always in one piece.",
+        check=">= -1",
     )
     mlp: Literal["gelu", "relu2"] = doc("gelu", "MLP non-linearity: 'gelu' or 'relu2' (squared ReLU).")
     tie_head: bool = doc(True, "Use the token embedding as the LM head (weight tying); false adds a separate head.")
@@ -113,8 +168,9 @@ class DataConfig:
         "shakespeare_char",
         "Folder under data.root with train/val token files and tokenizer.json. The built-in "
         "'shakespeare_char' and 'shakespeare_gpt2' are prepared from the bundled text when missing.",
+        check=NON_EMPTY,
     )
-    root: str = doc("data", "Directory that holds prepared datasets.")
+    root: str = doc("data", "Directory that holds prepared datasets.", check=NON_EMPTY)
     mixture: list[str] = doc(
         [],
         "Train on several datasets under root, each row of a batch drawn from one by weight: NAME:WEIGHT entries, "
@@ -132,9 +188,11 @@ class DataConfig:
 class TrainConfig:
     """The optimisation: batch, schedule, precision, and how often to evaluate and save."""
 
-    max_steps: int = doc(1500, "Number of optimizer steps.")
+    max_steps: int = doc(1500, "Number of optimizer steps.", check=POSITIVE)
     batch_size: int = doc(
-        32, "Global batch per optimizer step, in sequences, summed over processes and accumulation steps."
+        32,
+        "Global batch per optimizer step, in sequences, summed over processes and accumulation steps.",
+        check=POSITIVE,
     )
     micro_batch_size: int | Literal["auto"] = doc(
         "auto",
@@ -142,30 +200,39 @@ class TrainConfig:
         "processes), derived at start-up. 'auto': the largest divisor of batch_size / processes that fits "
         "the GPU's memory by gpt.plan's estimate (on CPU: all of it); a number must divide evenly.",
     )
-    learning_rate: float = doc(3e-3, "Peak learning rate, reached at the end of warm-up.")
-    min_lr: float = doc(3e-4, "Learning rate at the end of the decay.")
-    warmup_steps: int = doc(100, "Steps of linear warm-up from 0 to learning_rate.")
+    learning_rate: float = doc(3e-3, "Peak learning rate, reached at the end of warm-up.", check=POSITIVE)
+    min_lr: float = doc(3e-4, "Learning rate at the end of the decay.", check=NON_NEGATIVE)
+    warmup_steps: int = doc(100, "Steps of linear warm-up from 0 to learning_rate.", check=NON_NEGATIVE)
     schedule: Literal["cosine", "wsd", "linear", "constant"] = doc(
         "cosine",
         "After warm-up: 'cosine' decay to min_lr at the end; 'linear' decay; 'constant' (no decay); 'wsd' "
         "(warmup-stable-decay): hold learning_rate, then decay over the last decay_fraction of the run, so a "
         "stable-phase checkpoint can be resumed with a larger max_steps and the decay moves (gpt.schedule).",
     )
-    decay_fraction: float = doc(0.2, "wsd: share of the post-warm-up run (steps, or time budget) spent decaying.")
+    decay_fraction: float = doc(
+        0.2, "wsd: share of the post-warm-up run (steps, or time budget) spent decaying.", check="(0, 1]"
+    )
     decay_shape: Literal["linear", "cosine", "sqrt"] = doc(
         "linear", "wsd: shape of the decay to min_lr: 'linear', 'cosine' or 'sqrt' (1 - sqrt, a fast then slow drop)."
     )
-    weight_decay: float = doc(0.1, "AdamW weight decay, applied to matrices (not biases, norms or ...).")
-    beta1: float = doc(0.9, "AdamW beta1.")
-    beta2: float = doc(0.99, "AdamW beta2.")
-    grad_clip: float = doc(1.0, "Clip the global gradient norm to this value; 0 disables clipping.")
+    weight_decay: float = doc(
+        0.1, "AdamW weight decay, applied to matrices (not biases, norms or ...).", check=NON_NEGATIVE
+    )
+    beta1: float = doc(0.9, "AdamW beta1.", check=PROBABILITY)
+    beta2: float = doc(0.99, "AdamW beta2.", check=PROBABILITY)
+    grad_clip: float = doc(1.0, "Clip the global gradient norm to this value; 0 disables clipping.", check=NON_NEGATIVE)
     spike_loss_ratio: float = doc(
         0.0,
         "Spike guard: skip the update of a step whose loss is more than this many times the median of the last "
         "spike_window accepted steps (e.g. 3); 0: off. Costs one synchronisation per step (gpt.spike).",
+        check=NON_NEGATIVE,
     )
-    spike_grad_ratio: float = doc(0.0, "Spike guard: the same for the gradient norm before clipping (e.g. 10); 0: off.")
-    spike_window: int = doc(50, "Spike guard: accepted steps in the running median; the guard acts once it is full.")
+    spike_grad_ratio: float = doc(
+        0.0, "Spike guard: the same for the gradient norm before clipping (e.g. 10); 0: off.", check=NON_NEGATIVE
+    )
+    spike_window: int = doc(
+        50, "Spike guard: accepted steps in the running median; the guard acts once it is full.", check=POSITIVE
+    )
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = doc(
         "auto",
         "Autocast precision through accelerate: 'no', 'bf16' (CPU and GPU) or 'fp16' (GPU only); 'auto' takes the "
@@ -196,16 +263,20 @@ class TrainConfig:
         0.0,
         "Peak TFLOP/s per device to report MFU against; 0: looked up by GPU and by the precision the matmuls run in "
         "(gpt.perf.PEAK_TFLOPS), none on CPU.",
+        check=NON_NEGATIVE,
     )
     cpu_threads: int = doc(
         0,
         "Threads per process when training on CPU; 0: this machine's cores shared out over its processes "
         "(accelerate launch otherwise leaves each process one thread).",
+        check=NON_NEGATIVE,
     )
-    log_interval: int = doc(50, "Log train loss, learning rate and throughput every this many steps.")
-    eval_interval: int = doc(500, "Evaluate train and val loss every this many steps (and at the end).")
+    log_interval: int = doc(50, "Log train loss, learning rate and throughput every this many steps.", check=POSITIVE)
+    eval_interval: int = doc(500, "Evaluate train and val loss every this many steps (and at the end).", check=POSITIVE)
     eval_windows: int = doc(
-        256, "Windows of block_size tokens per split in each evaluation, shared out over processes."
+        256,
+        "Windows of block_size tokens per split in each evaluation, shared out over processes.",
+        check=POSITIVE,
     )
     final_eval: bool = doc(
         True,
@@ -216,8 +287,9 @@ class TrainConfig:
         3,
         "Text samples generated at each evaluation (main process), written to samples.jsonl and a W&B table; "
         "0 disables. Skipped under FSDP, where a forward pass needs every process.",
+        check=NON_NEGATIVE,
     )
-    eval_sample_tokens: int = doc(100, "Length of each evaluation sample, in tokens.")
+    eval_sample_tokens: int = doc(100, "Length of each evaluation sample, in tokens.", check=POSITIVE)
     eval_tasks: list[str] = doc(
         [],
         "Benchmarks scored at every evaluation and logged as eval/<task>/acc and eval/<task>/acc_norm: "
@@ -225,10 +297,14 @@ class TrainConfig:
         "(a local jsonl in the release format). See gpt.hellaswag.",
     )
     eval_task_limit: int = doc(
-        1000, "Items of each eval_tasks benchmark scored at each evaluation (the first N); 0: every item."
+        1000,
+        "Items of each eval_tasks benchmark scored at each evaluation (the first N); 0: every item.",
+        check=NON_NEGATIVE,
     )
-    checkpoint_interval: int = doc(1000, "Save a resumable checkpoint every this many steps (and at the end).")
-    keep_last: int = doc(2, "Number of most recent checkpoints to keep; older ones are deleted.")
+    checkpoint_interval: int = doc(
+        1000, "Save a resumable checkpoint every this many steps (and at the end).", check=POSITIVE
+    )
+    keep_last: int = doc(2, "Number of most recent checkpoints to keep; older ones are deleted.", check=POSITIVE)
     keep_best: bool = doc(
         False, "Also keep the checkpoint with the lowest val loss (named in checkpoints/best), whatever its age."
     )
@@ -237,18 +313,20 @@ class TrainConfig:
         "Wall-clock budget in seconds, counted from the trainer's start (with a resumed run's earlier time): "
         "training ends when it is spent (or at max_steps), and the learning-rate decay follows elapsed time "
         "instead of steps. 0: no budget.",
+        check=NON_NEGATIVE,
     )
     collective_timeout_s: float = doc(
         600.0,
         "Seconds a process waits in an operation with the others (gradient all-reduce, barrier) before the job "
         "ends with an error naming the ranks that did not answer: a stalled process stops the job instead of "
         "hanging it. Raise it if one process can be busy alone for longer (preparing a large data set).",
+        check=POSITIVE,
     )
     optimizer: Literal["adamw", "muon"] = doc(
         "adamw", "'adamw', or 'muon': Muon for the blocks' 2-D weight matrices and AdamW for everything else."
     )
-    muon_lr: float = doc(0.02, "Muon's peak learning rate (the schedule scales it like learning_rate).")
-    muon_momentum: float = doc(0.95, "Muon's momentum (Nesterov).")
+    muon_lr: float = doc(0.02, "Muon's peak learning rate (the schedule scales it like learning_rate).", check=POSITIVE)
+    muon_momentum: float = doc(0.95, "Muon's momentum (Nesterov).", check=PROBABILITY)
 
 
 @dataclass
@@ -266,6 +344,13 @@ class WandbConfig:
     group: str = doc("", "Run group, e.g. to gather a sweep; empty uses WANDB_RUN_GROUP.")
     tags: list[str] = doc([], "Run tags, comma-separated on the command line; empty uses WANDB_TAGS.")
     notes: str = doc("", "Free-text notes for the run; empty uses WANDB_NOTES.")
+    init_timeout_s: float = doc(
+        30.0,
+        "Seconds to wait for W&B to start an online run (counted after wandb's own start-up and login check); "
+        "when it does not answer in time (no network), the run continues offline and prints how to upload it "
+        "later.",
+        check=POSITIVE,
+    )
     log_model: bool = doc(
         False,
         "At the end of training, upload the final exported model (checkpoints/step-N/model/) as a W&B "
@@ -277,8 +362,10 @@ class WandbConfig:
 class Config:
     """A training run."""
 
-    out_dir: str = doc("out/default", "Run directory: checkpoints, exported model, metrics, W&B files.")
-    seed: int = doc(1337, "Seed for initialisation, data order and dropout.")
+    out_dir: str = doc(
+        "out/default", "Run directory: checkpoints, exported model, metrics, W&B files.", check=NON_EMPTY
+    )
+    seed: int = doc(1337, "Seed for initialisation, data order and dropout.", check=SEED)
     resume: Literal["auto", "true", "false"] = doc(
         "auto",
         "'auto': continue from the newest complete checkpoint in out_dir if there is one; 'true': "
@@ -295,21 +382,27 @@ class SampleConfig:
     """Text generation from a trained model (sample.py)."""
 
     out_dir: str = doc(
-        "out/default", "Run directory to sample from (its newest checkpoint), or a checkpoint or model folder."
+        "out/default",
+        "Run directory to sample from (its newest checkpoint), or a checkpoint or model folder.",
+        check=NON_EMPTY,
     )
     start: str = doc(
         "",
         "Prompt text, or FILE:path to read it from a file; empty: a newline (or, for a vocabulary without one, "
         "end-of-text or its first token).",
     )
-    num_samples: int = doc(3, "Number of samples, generated together as one batch.")
+    num_samples: int = doc(3, "Number of samples, generated together as one batch.", check=POSITIVE)
     max_new_tokens: int = doc(
-        500, "Tokens to generate per sample; a sample of a BPE model stops earlier at end-of-text."
+        500,
+        "Tokens to generate per sample; a sample of a BPE model stops earlier at end-of-text.",
+        check=NON_NEGATIVE,
     )
-    temperature: float = doc(0.8, "Softmax temperature; 0 picks the most likely token (greedy).")
-    top_k: int = doc(0, "Sample only from the k most likely tokens; 0 disables.")
-    top_p: float = doc(1.0, "Nucleus sampling: the smallest set of tokens whose probability reaches p; 1 disables.")
-    seed: int = doc(1337, "Random seed; the same seed gives the same samples.")
+    temperature: float = doc(0.8, "Softmax temperature; 0 picks the most likely token (greedy).", check=NON_NEGATIVE)
+    top_k: int = doc(0, "Sample only from the k most likely tokens; 0 disables.", check=NON_NEGATIVE)
+    top_p: float = doc(
+        1.0, "Nucleus sampling: the smallest set of tokens whose probability reaches p; 1 disables.", check="(0, 1]"
+    )
+    seed: int = doc(1337, "Random seed; the same seed gives the same samples.", check=SEED)
     context_mode: Literal["auto", "exact", "fast", "rolling"] = doc(
         "auto",
         "Past the context length: 'exact' re-fills the key/value cache from the last block_size tokens at "
@@ -378,7 +471,9 @@ class EvalConfig:
     """A full evaluation pass over one split (python -m gpt.evaluate)."""
 
     out_dir: str = doc(
-        "out/default", "Model to evaluate: a run directory (its newest checkpoint), a checkpoint or a model folder."
+        "out/default",
+        "Model to evaluate: a run directory (its newest checkpoint), a checkpoint or a model folder.",
+        check=NON_EMPTY,
     )
     data: str = doc(
         "",
@@ -386,8 +481,10 @@ class EvalConfig:
         "on, as named in its checkpoint (data.root/data.dataset, relative to the current directory). With "
         "--task: the task's local jsonl.",
     )
-    split: str = doc("val", "Split to evaluate: 'val', 'train', or any <split> with token files in the folder.")
-    batch_size: int = doc(8, "Windows of block_size tokens per forward pass, per process.")
+    split: str = doc(
+        "val", "Split to evaluate: 'val', 'train', or any <split> with token files in the folder.", check=NON_EMPTY
+    )
+    batch_size: int = doc(8, "Windows of block_size tokens per forward pass, per process.", check=POSITIVE)
     mixed_precision: Literal["no", "bf16", "fp16"] = doc(
         "no", "Autocast precision through accelerate: 'no', 'bf16' (CPU and GPU) or 'fp16' (GPU only)."
     )
@@ -578,9 +675,15 @@ def load_config(args: list[str]) -> Config:
         elif i == 0:
             path = find_preset(arg)
             try:
-                data = yaml.safe_load(path.read_text()) or {}
+                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             except yaml.YAMLError as e:
-                raise UserError(f"config preset {path} is not valid YAML: {e}") from None
+                raise UserError(f"config preset {path} is not valid YAML: {' '.join(str(e).split())}") from None
+            except UnicodeDecodeError as e:
+                raise UserError(
+                    f"config preset {path} is not UTF-8 (byte offset {e.start}); save it as UTF-8"
+                ) from None
+            except OSError as e:
+                raise UserError(f"cannot read config preset {path}: {e.strerror}") from None
             if not isinstance(data, dict):
                 raise UserError(f"config preset {path} must be a mapping of keys to values")
             for key, value in data.items():
@@ -590,6 +693,8 @@ def load_config(args: list[str]) -> Config:
     for key, value in overrides:
         _set(cfg, key, _parse_override(value), from_cli=True)
     validate(cfg)
+    check_folder(cfg.out_dir, "out_dir")
+    check_folder(cfg.data.root, "data.root", writable=False)  # a read-only store of prepared data is fine
     return cfg
 
 
@@ -598,69 +703,61 @@ def _parse_override(value: str) -> Any:
     read no/yes/on/off as booleans, turning train.mixed_precision=no or out_dir=on into False/True."""
     if not value.strip():
         return ""
-    parsed = yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value  # not YAML (e.g. an unbalanced bracket): the text itself
     if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
         return value.strip()
     return parsed
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that a type alone can't express."""
+    """Every field against its declared rule (``check_fields``), then the checks across fields."""
+    check_fields(cfg)
     m, t = cfg.model, cfg.train
-    positive = {
-        "model.n_layer": m.n_layer, "model.n_head": m.n_head, "model.n_embd": m.n_embd,
-        "model.block_size": m.block_size, "train.max_steps": t.max_steps, "train.batch_size": t.batch_size,
-        "train.micro_batch_size": 1 if t.micro_batch_size == "auto" else t.micro_batch_size,
-        "train.log_interval": t.log_interval,
-        "train.eval_interval": t.eval_interval, "train.eval_windows": t.eval_windows,
-        "train.checkpoint_interval": t.checkpoint_interval, "train.keep_last": t.keep_last,
-        "train.eval_sample_tokens": t.eval_sample_tokens, "train.collective_timeout_s": t.collective_timeout_s,
-    }  # fmt: skip
-    for key, value in positive.items():
-        if value <= 0:
-            raise UserError(f"config key '{key}' must be positive, got {value}")
+    if t.micro_batch_size != "auto" and t.micro_batch_size <= 0:
+        raise UserError(f"config key 'train.micro_batch_size' must be positive or auto, got {t.micro_batch_size}")
     if m.n_embd % m.n_head:
         raise UserError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
-    if not 0.0 <= m.dropout < 1.0:
-        raise UserError(f"model.dropout must be in [0, 1), got {m.dropout}")
-    if m.vocab_size < 0:
-        raise UserError(f"model.vocab_size must be 0 (from the tokenizer) or positive, got {m.vocab_size}")
     if t.micro_batch_size != "auto" and t.batch_size % t.micro_batch_size:
         raise UserError(
             f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch_size ({t.micro_batch_size})"
         )
-    if t.learning_rate <= 0 or t.min_lr < 0 or t.min_lr > t.learning_rate:
+    if t.min_lr > t.learning_rate:
         raise UserError(
-            f"need 0 <= train.min_lr <= train.learning_rate and learning_rate > 0, "
-            f"got min_lr={t.min_lr}, learning_rate={t.learning_rate}"
+            f"train.min_lr ({t.min_lr}) must not exceed train.learning_rate ({t.learning_rate}): the schedule "
+            "decays from learning_rate to min_lr"
         )
-    if t.warmup_steps < 0:
-        raise UserError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
-    if t.eval_samples < 0:
-        raise UserError(f"train.eval_samples must be >= 0 (0 disables samples), got {t.eval_samples}")
     if m.init_from and m.kind != "gpt":
         raise UserError(f"model.init_from loads a GPT-2 and needs model.kind=gpt, got model.kind={m.kind}")
-    if m.pad_vocab_to < 1:
-        raise UserError(f"model.pad_vocab_to must be 1 (no padding) or more, got {m.pad_vocab_to}")
     if m.position == "rope" and (m.n_embd // m.n_head) % 2:
         raise UserError(
             f"model.position=rope needs an even head size, got n_embd / n_head = {m.n_embd // m.n_head}; "
             "change model.n_embd or model.n_head"
         )
-    if m.loss_chunk < -1:
-        raise UserError(
-            f"model.loss_chunk must be a number of tokens, 0 (automatic) or -1 (one piece), got {m.loss_chunk}"
-        )
-    if m.rope_base <= 1.0:
-        raise UserError(f"model.rope_base must be greater than 1, got {m.rope_base}")
-    nonnegative = {"train.time_budget_s": t.time_budget_s, "train.peak_tflops": t.peak_tflops}
-    for key, value in nonnegative.items():
-        if value < 0:
-            raise UserError(f"config key '{key}' must be 0 or positive, got {value}")
-    if t.muon_lr <= 0 or not 0.0 <= t.muon_momentum < 1.0:
-        raise UserError(
-            f"need train.muon_lr > 0 and 0 <= train.muon_momentum < 1, got {t.muon_lr} and {t.muon_momentum}"
-        )
+
+
+def resume_changes(saved: dict[str, Any], cfg: Config) -> str | None:
+    """One line naming the settings that differ from those a resumed checkpoint was trained with
+    (``saved``: its config as a dict), or None. The architecture is not compared: a change there
+    cannot resume at all (gpt.checkpoint.check_same_model)."""
+    before, now = _flatten(saved), _flatten(to_dict(cfg))
+    ignored = ("out_dir", "resume")  # where the run is and how it was asked to continue, not how it trains
+    changed = [k for k in now if k in before and k not in ignored and before[k] != now[k]]
+    if not changed:
+        return None
+    return "resuming with changed settings: " + ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in changed)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -690,10 +787,10 @@ def parse_flags(section_type: type, argv: list[str], prog: str, description: str
     """Parse ``--name value`` flags into a dataclass, the ``--help`` text coming from the field docs."""
     import argparse
 
+    from gpt.errors import ArgumentParser
+
     defaults = section_type()
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, (f, tp) in _fields(defaults).items():
         parser.add_argument(
             f"--{name}", default=None, metavar=_type_name(tp).upper(),
@@ -703,6 +800,7 @@ def parse_flags(section_type: type, argv: list[str], prog: str, description: str
     for name, value in vars(args).items():
         if value is not None:
             _set_section(defaults, name, value, prefix="--")
+    check_fields(defaults, prefix="--")
     return defaults
 
 
@@ -720,7 +818,9 @@ def reference_rows(section: Any = None, prefix: str = "") -> list[tuple[str, str
             rows += reference_rows(value, f"{prefix}{name}.")
         else:
             shown = ",".join(value) if isinstance(value, list) else value
-            rows.append((prefix + name, _type_name(tp), repr(shown), f.metadata["doc"]))
+            check = f.metadata.get("check")
+            type_name = f"{_type_name(tp)}, {describe(check)}" if check else _type_name(tp)
+            rows.append((prefix + name, type_name, repr(shown), f.metadata["doc"]))
     return rows
 
 

@@ -10,7 +10,12 @@ vocabulary has more than 65,535 entries):
     16      8     number of tokens
     24      4     vocabulary size
     28      4     length of the tokenizer identity in bytes
-    32      224   tokenizer identity (UTF-8, zero padded)
+    32      220   tokenizer identity (UTF-8, zero padded)
+    252     4     largest token id in the file + 1 (0: not recorded, as in files written before it was)
+
+Opening a file checks its largest id, and a sample of its tokens, against its vocabulary; every
+window read for training or evaluation is checked too, so an id beyond the vocabulary is reported
+with its file instead of failing inside the model's embedding.
 
 Training reads the tokens through ``np.memmap``: only the windows a batch needs are paged in. Two
 things keep resident memory flat however large the files and however long the run: the mapping is
@@ -36,7 +41,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
@@ -49,7 +54,9 @@ MAGIC = b"GPTTOKEN"
 VERSION = 1
 HEADER_SIZE = 256
 _FIXED = struct.Struct("<8sIIQII")  # magic, version, itemsize, num_tokens, vocab_size, identity length
-MAX_IDENTITY = HEADER_SIZE - _FIXED.size
+_MAX_ID = struct.Struct("<I")  # largest token id + 1, in the header's last 4 bytes
+MAX_IDENTITY = HEADER_SIZE - _FIXED.size - _MAX_ID.size
+SAMPLE_PIECES, SAMPLE_PIECE_TOKENS = 16, 4096  # tokens checked at open: evenly spaced pieces of each file
 _EVAL_STREAM = 0x6576616C  # separates the eval windows' random stream from the training one
 RESIDENT_BUDGET = 64 << 20  # bytes a stream may map between two releases of its mappings
 FAULT_AROUND = 64 << 10  # Linux's default fault-around: what one page fault may map
@@ -59,12 +66,12 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def _header(itemsize: int, num_tokens: int, vocab_size: int, identity: str) -> bytes:
+def _header(itemsize: int, num_tokens: int, vocab_size: int, identity: str, max_id: int = -1) -> bytes:
     ident = identity.encode("utf-8")
     if len(ident) > MAX_IDENTITY:
         raise ValueError(f"tokenizer identity longer than {MAX_IDENTITY} bytes: {identity!r}")
     head = _FIXED.pack(MAGIC, VERSION, itemsize, num_tokens, vocab_size, len(ident)) + ident
-    return head.ljust(HEADER_SIZE, b"\0")
+    return head.ljust(HEADER_SIZE - _MAX_ID.size, b"\0") + _MAX_ID.pack(max_id + 1)
 
 
 class TokenFileWriter:
@@ -80,6 +87,7 @@ class TokenFileWriter:
         self.vocab_size = vocab_size
         self.identity = identity
         self.num_tokens = 0
+        self.max_id = -1  # recorded in the header
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(self.partial, "wb")  # noqa: SIM115 (closed by close() or abort())
@@ -89,12 +97,14 @@ class TokenFileWriter:
         arr = np.asarray(tokens)
         if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got {arr.min()}..{arr.max()}")
+        if arr.size:
+            self.max_id = max(self.max_id, int(arr.max()))
         self.file.write(arr.astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
         self.num_tokens += arr.size
 
     def close(self) -> Path:
         self.file.seek(0)
-        self.file.write(_header(self.dtype.itemsize, self.num_tokens, self.vocab_size, self.identity))
+        self.file.write(_header(self.dtype.itemsize, self.num_tokens, self.vocab_size, self.identity, self.max_id))
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
@@ -153,6 +163,28 @@ class TokenFile:
         self.identity = head[_FIXED.size : _FIXED.size + ident_len].decode("utf-8", errors="replace")
         self.dtype = np.dtype("<u2") if itemsize == 2 else np.dtype("<u4")
         self._map: np.memmap | None = None
+        (max_id_plus_one,) = _MAX_ID.unpack_from(head, HEADER_SIZE - _MAX_ID.size)
+        if max_id_plus_one > vocab_size:
+            self.refuse_id(max_id_plus_one - 1)
+        self.check_sample()
+
+    def refuse_id(self, token_id: int, position: int | None = None) -> NoReturn:
+        at = "" if position is None else f" (at token {position:,})"
+        raise UserError(
+            f"{self.path} holds token id {token_id:,}{at}, beyond its vocabulary of {self.vocab_size:,}: the file "
+            "is corrupt or was written for another tokenizer; re-create it with `python -m gpt.prepare`"
+        )
+
+    def check_sample(self) -> None:
+        """Check evenly spaced pieces of the tokens against the vocabulary (windows read later are
+        checked too: this finds a bad file at start-up rather than mid-run)."""
+        step = max(SAMPLE_PIECE_TOKENS, self.num_tokens // SAMPLE_PIECES)
+        for start in range(0, self.num_tokens, step):
+            piece = self.tokens[start : start + SAMPLE_PIECE_TOKENS]
+            if piece.size and int(piece.max()) >= self.vocab_size:
+                bad = int(np.argmax(piece >= self.vocab_size))
+                self.refuse_id(int(piece[bad]), start + bad)
+        self.release()
 
     @property
     def tokens(self) -> np.ndarray:
@@ -214,6 +246,7 @@ class TokenStream:
             out[filled : filled + len(piece)] = piece
             filled += len(piece)
             i += 1
+        self.check_ids(out[None], np.array([start]))
         return out
 
     def will_need(self, starts: np.ndarray, length: int) -> None:
@@ -234,8 +267,17 @@ class TokenStream:
         self.will_need(np.asarray(starts, dtype=np.int64), length)
         if len(self.files) == 1:  # one gather instead of a Python loop over windows
             index = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(length)
-            return self.files[0].tokens[index].astype(np.int64)
+            return self.check_ids(self.files[0].tokens[index].astype(np.int64), starts)
         return np.stack([self.window(int(s), length) for s in starts]).reshape(len(starts), length)
+
+    def check_ids(self, windows: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """The windows (rows starting at ``starts``), once every id is known to be within the vocabulary."""
+        if windows.size and windows.max() >= self.vocab_size:
+            row, col = np.argwhere(windows >= self.vocab_size)[0]
+            position = int(starts[row]) + int(col)
+            i = int(np.searchsorted(self.offsets, position, side="right")) - 1
+            self.files[i].refuse_id(int(windows[row, col]), position - int(self.offsets[i]))
+        return windows
 
     def release(self) -> None:
         """Unmap every file's pages; the next read maps them again."""

@@ -1,5 +1,6 @@
 """The one exception type that reaches the user as a single line instead of a traceback."""
 
+import argparse
 import json
 import os
 import sys
@@ -62,3 +63,11 @@ def run_main(main: Callable[[list[str]], int]) -> NoReturn:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 128 + 13  # as a process killed by SIGPIPE
     sys.exit(code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, with a bad or missing option raised as a UserError (one line) instead of
+    printing the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message}; see {self.prog} --help")

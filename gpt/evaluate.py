@@ -48,6 +48,7 @@ from gpt import checkpoint as ckpt
 from gpt.config import EvalConfig, parse_flags
 from gpt.data import TokenStream, split_files
 from gpt.errors import UserError, run_main
+from gpt.paths import folder_problem
 from gpt.prepare import ensure_dataset
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer
 
@@ -239,8 +240,6 @@ def dataset_of(export: Path, accelerator: Accelerator) -> Path:
 
 def main(argv: list[str]) -> int:
     cfg = parse_flags(EvalConfig, argv, "python -m gpt.evaluate", __doc__)
-    if cfg.batch_size < 1:
-        raise UserError(f"--batch_size must be positive, got {cfg.batch_size}")
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     # Several processes and no GPU: CPU over gloo (as in gpt.trainer.setup).
     accelerator = Accelerator(cpu=launched > 1 and not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
@@ -272,15 +271,22 @@ def main(argv: list[str]) -> int:
             f"{files[0]} was made by tokenizer {data.identity!r} but the model uses {tokenizer.identity!r}; "
             "evaluate on data prepared with the model's tokenizer"
         )
+    path = Path(cfg.json) if cfg.json else run_directory(export) / f"eval-{cfg.split}.json"
+    problem = folder_problem(path.parent) if accelerator.is_main_process else None  # before the pass, not after
+    if problem is not None:
+        raise UserError(f"cannot write the results to {path}: {path.parent} {problem}; pass --json PATH elsewhere")
     block_size = model.cfg.block_size
     model = accelerator.prepare_model(model, evaluation_mode=True)  # device placement and autocast
     result = evaluate_split(model, data, token_byte_lengths(tokenizer), block_size, cfg.batch_size, accelerator)
     if accelerator.is_main_process:
-        path = Path(cfg.json) if cfg.json else run_directory(export) / f"eval-{cfg.split}.json"
-        record = {"model": str(export), "step": meta.get("step"), "data": str(folder), "split": cfg.split}
-        write_json(path, record | result.as_dict())
         title = f"{export} (step {meta.get('step')}) on the {cfg.split} split of {folder}:"
-        print(format_table(result, title) + f"\nwrote {path}", flush=True)
+        print(format_table(result, title), flush=True)  # first: the figures are not lost if writing fails
+        record = {"model": str(export), "step": meta.get("step"), "data": str(folder), "split": cfg.split}
+        try:
+            write_json(path, record | result.as_dict())
+        except OSError as e:
+            raise UserError(f"could not write {path} ({e.strerror}); the figures are above; pass --json PATH") from None
+        print(f"wrote {path}", flush=True)
     accelerator.end_training()
     return 0
 

@@ -100,6 +100,33 @@ def check_options(
         raise UserError(f"context_mode must be one of {', '.join(get_args(ContextMode))}, got {context_mode!r}")
 
 
+def check_memory(model: torch.nn.Module, prompt_tokens: int, max_new_tokens: int, num_samples: int) -> None:
+    """Refuse a batch of samples whose key/value cache, logits and token lists would not fit in the
+    free memory of the model's device (and of the host, which keeps the tokens), before allocating it."""
+    import psutil
+
+    cfg, weights = model.cfg, next(model.parameters())
+    window = min(cfg.block_size, prompt_tokens + max_new_tokens)
+    per_sample_device = (
+        2 * cfg.n_layer * window * cfg.n_embd * weights.element_size()  # keys and values of every layer
+        + window * cfg.padded_vocab_size * 4  # the logits of a full window, in float32
+    )
+    per_sample_host = 36 * max_new_tokens  # a Python list of ints: a pointer and an int object per token
+    free_host = psutil.virtual_memory().available
+    needs = [(num_samples * per_sample_host, free_host, "cpu")]
+    if weights.device.type == "cuda":
+        needs.append((num_samples * per_sample_device, torch.cuda.mem_get_info(weights.device)[0], "the GPU"))
+    else:
+        needs[0] = (needs[0][0] + num_samples * per_sample_device, free_host, "cpu")
+    for need, free, where in needs:
+        if need > free:
+            raise UserError(
+                f"{num_samples:,} samples of up to {prompt_tokens + max_new_tokens:,} tokens need about "
+                f"{need / 2**30:,.1f} GiB, more than the {free / 2**30:,.1f} GiB free on {where}; lower num_samples "
+                "or max_new_tokens"
+            )
+
+
 def resolve_context_mode(model: torch.nn.Module, context_mode: str) -> str:
     """'auto' -> 'rolling' for rotary models, else 'exact'; 'rolling' is refused for the others."""
     rotary = model.cfg.kind == "gpt" and model.cfg.position == "rope"
@@ -306,6 +333,7 @@ def sample_ids(
     sample ends at end-of-text, which is not included; generation stops once every sample has ended.
     """
     check_options(max_new_tokens, num_samples, temperature, top_k, top_p, context_mode)
+    check_memory(model, len(prompt_ids), max_new_tokens, num_samples)
     device = next(model.parameters()).device
     batch = torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=device)  # (num_samples, T0)
     generator = torch.Generator(device=device).manual_seed(seed)

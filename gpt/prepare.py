@@ -1,4 +1,5 @@
-"""Turn text into sharded train and val token files, through HuggingFace ``datasets`` for every input.
+"""Turn text into sharded train and val token files: tables and hub datasets through HuggingFace
+``datasets``, text files read here, in pieces.
 
     python -m gpt.prepare --input my_corpus.txt --out data/my_corpus --tokenizer char
     python -m gpt.prepare --input 'books/*.txt' --out data/books --tokenizer gpt2
@@ -9,10 +10,12 @@
 Inputs. ``--input`` is a file, a folder (every file under it, in sorted order) or a glob. Files ending
 in .jsonl/.json, .parquet or .csv/.tsv are tables whose ``--text_column`` holds one document per
 row; any other file is text, one document per file (``--sample_by paragraph`` or ``line`` makes
-each paragraph or line a document instead, and keeps memory small for a single huge file). Line
-endings are read as "\\n". ``--dataset`` loads a dataset from the HuggingFace hub with
-``datasets.load_dataset`` (``--streaming`` reads it without storing it first). Local files are
-always streamed: nothing is copied or cached.
+each paragraph or line a document instead, with the rules of ``datasets``' text builder). Line
+endings are read as "\\n". Every document, however long, is read and tokenized in pieces of at most
+a million characters (``gpt.pieces``), so memory stays small even for a huge file without a newline.
+``--dataset`` loads a dataset from the HuggingFace hub with ``datasets.load_dataset``
+(``--streaming`` reads it without storing it first). Local files are always streamed: nothing is
+copied or cached.
 
 Documents. Under GPT-2 BPE each document ends with the end-of-text token (50256). A character-level
 vocabulary is the sorted set of characters of the corpus (train and val), found in a first pass over
@@ -42,12 +45,12 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
 from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -56,7 +59,9 @@ from typing import Any
 import numpy as np
 
 from gpt.data import TokenFileWriter, dtype_for_vocab, split_files
-from gpt.errors import UserError
+from gpt.errors import ArgumentParser, UserError
+from gpt.paths import check_folder
+from gpt.pieces import count_documents, split_pieces, text_file_pieces
 from gpt.tokenizer import ASSETS, CharTokenizer, Tokenizer, make_tokenizer, save_tokenizer, tokenizer_from_dict
 
 BUILTIN_DATASETS = {  # name -> (bundled text, tokenizer)
@@ -77,18 +82,20 @@ DEFAULT_VAL_FRACTION = 0.1
 
 
 # ----------------------------------------------------------------------------------------------
-# Inputs: everything becomes a `datasets` dataset with a text column
+# Inputs: text files (read by gpt.pieces) and `datasets` datasets with a text column
 
 
 @dataclass
 class Source:
-    """A `datasets` dataset (map-style or iterable) and where its text is."""
+    """A `datasets` dataset (map-style or iterable) and where its text is; or text files, read in
+    pieces by gpt.pieces (``dataset`` None), so that a huge line or file never sits in memory whole."""
 
     dataset: Any
     name: str  # what the user gave: a path, a glob or a dataset name
     column: str
     description: dict  # what the manifest records to recognise the same input again
     files: list[Path]  # local files, to locate decoding errors; empty for hub and in-memory data
+    sample_by: str = "document"  # text files: what one document is
 
     def known_length(self) -> int | None:
         return len(self.dataset) if hasattr(self.dataset, "__len__") else None
@@ -130,19 +137,22 @@ def local_source(spec: str, text_column: str, sample_by: str) -> Source:
     if len(kinds) > 1:
         raise UserError(f"input {spec} mixes file kinds ({', '.join(kinds)}); give one kind of file per --input")
     kind = kinds[0]
-    options: dict[str, Any] = {}
-    if kind == "text":
-        options["sample_by"] = sample_by
-        text_column = "text"
-    elif kind == "tsv":
-        kind, options["sep"] = "csv", "\t"
+    described = [{"path": str(f.resolve()), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in files]
+    if kind == "text":  # read in pieces by gpt.pieces, with the rules of datasets' text builder
+        description = {"files": described, "sample_by": sample_by, "column": "text"}
+        return Source(None, spec, "text", description, files, sample_by)
+    options: dict[str, Any] = {"sep": "\t"} if kind == "tsv" else {}
     try:
-        dataset = load_dataset(kind, data_files=[str(f) for f in files], split="train", streaming=True, **options)
+        dataset = load_dataset(
+            "csv" if kind == "tsv" else kind,
+            data_files=[str(f) for f in files],
+            split="train",
+            streaming=True,
+            **options,
+        )
     except (ArrowException, ValueError) as e:
         raise UserError(f"could not read {spec}: {e}") from None
-    described = [{"path": str(f.resolve()), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in files]
-    description = {"files": described, "sample_by": sample_by} if kind == "text" else {"files": described}
-    return Source(dataset, spec, text_column, description | {"column": text_column}, files if kind == "text" else [])
+    return Source(dataset, spec, text_column, {"files": described, "column": text_column}, [])
 
 
 def hub_source(name: str, config: str | None, split: str, text_column: str, streaming: bool, num_proc: int) -> Source:
@@ -191,6 +201,23 @@ def iter_texts(source: Source, batch_rows: int = 256) -> Iterator[list[str]]:
         raise UserError(non_utf8_message(source.files)) from None
     except (ArrowException, ValueError) as e:  # a malformed table: pyarrow's and pandas' parsers
         raise UserError(f"could not read {source.name}: {e}") from None
+
+
+def iter_pieces(source: Source) -> Iterator[tuple[str, bool]]:
+    """The documents of a source in input order as pieces of at most PIECE_CHARS characters:
+    (text, whether it ends its document); see gpt.pieces."""
+    if source.dataset is not None:
+        for texts in iter_texts(source):
+            for text in texts:
+                yield from split_pieces(text)
+        return
+    for path in source.files:
+        try:
+            yield from text_file_pieces(path, source.sample_by)
+        except UnicodeDecodeError:
+            raise UserError(non_utf8_message([path])) from None
+        except OSError as e:
+            raise UserError(f"cannot read {path}: {e.strerror}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,8 +313,9 @@ def is_val(index: np.ndarray, val_fraction: float) -> np.ndarray:
 
 @dataclass
 class Task:
-    texts: list[str]
-    first_index: int  # index of texts[0] among the documents of its source
+    texts: list[str]  # pieces of documents (gpt.pieces)
+    ends: list[bool]  # whether each piece ends its document
+    first_index: int  # index of the document of texts[0] among the documents of its source
     assign: str | float  # "train", "val", or the val fraction that decides per document
 
 
@@ -300,9 +328,13 @@ class Encoded:
 
 
 def encode_task(encoder: DocumentEncoder, task: Task) -> Encoded:
-    pieces = [encoder.encode_document(text) for text in task.texts]
+    # the last piece of a non-empty document is not empty (gpt.pieces): end-of-text follows it
+    pairs = zip(task.texts, task.ends, strict=True)
+    pieces = [encoder.encode_document(text) if end else encoder.encode(text) for text, end in pairs]
+    ends = np.array(task.ends, dtype=bool)
+    document = task.first_index + np.cumsum(ends) - ends  # each piece's document index
     if isinstance(task.assign, float):
-        to_val = is_val(np.arange(task.first_index, task.first_index + len(pieces)), task.assign)
+        to_val = is_val(document, task.assign)
     else:
         to_val = np.full(len(pieces), task.assign == "val")
     empty = np.empty(0, dtype=encoder.dtype)
@@ -311,17 +343,27 @@ def encode_task(encoder: DocumentEncoder, task: Task) -> Encoded:
     return Encoded(
         np.concatenate(train) if train else empty,
         np.concatenate(val) if val else empty,
-        documents=len(pieces),
-        val_documents=int(to_val.sum()),
+        documents=int(ends.sum()),
+        val_documents=int((ends & to_val).sum()),
     )
 
 
 _worker_encoder: DocumentEncoder | None = None
 
 
-def _start_worker(tokenizer: dict) -> None:
+def _start_worker(tokenizer: dict, parent: int) -> None:
     global _worker_encoder
     _worker_encoder = DocumentEncoder(tokenizer_from_dict(tokenizer))
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """End this worker once the process that started it is gone (killed with -9, say, it cannot shut
+    the pool down): the worker would otherwise wait for tasks forever, since with fork it holds the
+    task queue's writing end itself. A dead parent's children are adopted, so the parent id changes."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
 
 
 def _run_task(task: Task) -> Encoded:
@@ -345,8 +387,9 @@ class Encoders:
         self.limit = 2 * num_proc  # tasks in flight: keeps every process busy and memory bounded
         if num_proc > 1:
             self.pool = ProcessPoolExecutor(
-                num_proc, mp_context=worker_context(), initializer=_start_worker, initargs=(tokenizer.to_dict(),)
-            )
+                num_proc, mp_context=worker_context(), initializer=_start_worker,
+                initargs=(tokenizer.to_dict(), os.getpid()),
+            )  # fmt: skip
 
     def submit(self, task: Task) -> Iterator[Encoded]:
         """Queue a task; yields the results that are due, in submission order."""
@@ -367,17 +410,17 @@ class Encoders:
 
 
 def tasks(source: Source, assign: str | float) -> Iterator[Task]:
-    """The source's documents grouped into units of work of about TASK_CHARS characters."""
-    index, texts, chars = 0, [], 0
-    for batch in iter_texts(source):
-        for text in batch:
-            texts.append(text)
-            chars += len(text)
-            if chars >= TASK_CHARS or len(texts) >= TASK_DOCS:
-                yield Task(texts, index, assign)
-                index, texts, chars = index + len(texts), [], 0
+    """The source's documents, as pieces, grouped into units of work of about TASK_CHARS characters."""
+    index, texts, ends, chars = 0, [], [], 0
+    for text, end in iter_pieces(source):
+        texts.append(text)
+        ends.append(end)
+        chars += len(text)
+        if chars >= TASK_CHARS or len(texts) >= TASK_DOCS:
+            yield Task(texts, ends, index, assign)
+            index, texts, ends, chars = index + sum(ends), [], [], 0
     if texts:
-        yield Task(texts, index, assign)
+        yield Task(texts, ends, index, assign)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -515,25 +558,23 @@ class Progress:
         self.bar.close()
 
 
-def first_documents(source: Source, n: int) -> list[str]:
-    return list(islice((text for batch in iter_texts(source, batch_rows=n) for text in batch), n))
-
-
 def build_tokenizer(kind: str, sources: list[Source], progress: bool) -> Tokenizer:
     """GPT-2, or a character vocabulary from a first pass over every source (with end-of-text when
     the corpus has more than one document)."""
     if kind != "char":
         return make_tokenizer(kind)
     chars: set[str] = set()
-    documents = 0
+    documents, nonempty = 0, False  # non-empty documents; whether the current one is
     bar = Progress("reading characters", sum(s.known_length() or 0 for s in sources) or None, progress)
     try:
         for source in sources:
-            for texts in iter_texts(source):
-                for text in texts:
-                    chars.update(text)
-                    documents += bool(text)
-                bar.update(len(texts), sum(map(len, texts)))
+            for text, end in iter_pieces(source):
+                chars.update(text)
+                nonempty = nonempty or bool(text)
+                if end:
+                    documents += nonempty
+                    nonempty = False
+                bar.update(int(end), len(text))
     finally:
         bar.close()
     if not chars:
@@ -562,6 +603,7 @@ def prepare(
     if shard_tokens < 1:
         raise UserError(f"--shard_tokens must be positive, got {shard_tokens}")
     out = Path(out)
+    check_folder(out, "--out")
     settings = {
         "input": train.description,
         "val": val.description if val is not None else {"fraction": fraction},
@@ -620,9 +662,9 @@ def write_splits(
     progress: bool,
 ) -> dict:
     """Tokenize every document into the writers; returns document counts."""
-    head = first_documents(train, 2) if val is None else []
-    if len(head) == 1:  # one document: split it by characters, as the lecture splits Tiny Shakespeare
-        return split_single_document(head[0], fraction, tok, writers)
+    documents, characters = count_documents(iter_pieces(train), at_most=2) if val is None else (0, 0)
+    if documents == 1:  # one document: split it by characters, as the lecture splits Tiny Shakespeare
+        return split_single_document(train, characters, fraction, tok, writers)
     jobs: list[tuple[Source, str | float]] = [(train, fraction)] if val is None else [(train, "train"), (val, "val")]
     bar = Progress("tokenizing", sum(s.known_length() or 0 for s, _ in jobs) or None, progress)
     counts = {"total": 0, "val": 0}
@@ -647,11 +689,23 @@ def write_splits(
     return counts
 
 
-def split_single_document(text: str, fraction: float, tok: Tokenizer, writers: dict[str, ShardWriter]) -> dict:
+def split_single_document(
+    source: Source, characters: int, fraction: float, tok: Tokenizer, writers: dict[str, ShardWriter]
+) -> dict:
+    """The first (1 - fraction) of the characters of a source's one document to train, the rest to val,
+    read and encoded piece by piece."""
     encoder = DocumentEncoder(tok)
-    cut = int(len(text) * (1.0 - fraction))
-    writers["train"].write(encoder.encode(text[:cut]))
-    writers["val"].write(encoder.encode_document(text[cut:]))  # the document's end is in val
+    cut = int(characters * (1.0 - fraction))
+    position = 0
+    for text, _ in iter_pieces(source):
+        head = min(len(text), max(0, cut - position))  # the piece's characters before the cut
+        if head:
+            writers["train"].write(encoder.encode(text[:head]))
+        if head < len(text):
+            writers["val"].write(encoder.encode(text[head:]))
+        position += len(text)
+    if position > cut and encoder.eot is not None:  # the document's end is in val
+        writers["val"].write(np.array([encoder.eot], dtype=encoder.dtype))
     return {"total": 1, "val": 0, "split_by_characters": True}
 
 
@@ -678,6 +732,7 @@ def ensure_dataset(root: str | Path, name: str) -> Path:
     if is_prepared(folder):
         return folder
     if name in BUILTIN_DATASETS:
+        check_folder(root, "data.root")  # the built-in dataset is prepared there
         path, tokenizer = BUILTIN_DATASETS[name]
         source = local_source(str(path), "text", "document")
         counts = prepare(source, folder, tokenizer, val_fraction=0.1, overwrite=True, progress=False)
@@ -700,7 +755,7 @@ def available_cpus() -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m gpt.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     src = p.add_argument_group("input (one of --input, --dataset)")
@@ -745,12 +800,14 @@ def sources_from_args(args: argparse.Namespace) -> tuple[Source, Source | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
+        if args.num_proc < 1:
+            raise UserError(f"--num_proc must be 1 or more, got {args.num_proc}")
         train, val = sources_from_args(args)
         m = prepare(
             train, args.out, args.tokenizer, val=val, val_fraction=args.val_fraction, shard_tokens=args.shard_tokens,
-            num_proc=max(1, args.num_proc), overwrite=args.overwrite,
+            num_proc=args.num_proc, overwrite=args.overwrite,
         )  # fmt: skip
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 from gpt.config import TrainConfig
-from gpt.errors import UserError
 
 
 def decay_multiplier(schedule: str, progress: float, decay_fraction: float, decay_shape: str) -> float:
@@ -56,11 +55,3 @@ def lr_at(step: int, t: TrainConfig, progress: float | None = None) -> float:
     return t.min_lr + decay_multiplier(t.schedule, progress, t.decay_fraction, t.decay_shape) * (
         t.learning_rate - t.min_lr
     )
-
-
-def check_schedule(t: TrainConfig) -> None:
-    """One clear line for schedule settings that cannot work."""
-    if not 0.0 < t.decay_fraction <= 1.0:
-        raise UserError(
-            f"train.decay_fraction must be in (0, 1] (the share of the run spent decaying), got {t.decay_fraction}"
-        )

@@ -33,6 +33,42 @@ PLOT_FILE = "loss.png"
 GIB = 1024**3
 
 
+def start_wandb(
+    accelerator: Accelerator, project: str, config: dict[str, Any], init: dict[str, Any], timeout_s: float
+) -> None:
+    """Start the W&B run through accelerate's tracker (``init``: wandb.init's arguments, "mode" among
+    them). An online start that fails or gets no answer within ``timeout_s`` (no network, W&B down)
+    does not end the run: it continues offline, and one line says so and how to upload it later."""
+    if not accelerator.is_main_process:
+        return
+    import wandb
+
+    if init["mode"] != "online":
+        accelerator.init_trackers(project, config=config, init_kwargs={"wandb": init})
+        print(
+            f"W&B is offline (no credentials found); upload this run later with: wandb sync {_run_dir(accelerator)}",
+            flush=True,
+        )
+        return
+    settings = wandb.Settings(init_timeout=timeout_s)
+    try:
+        accelerator.init_trackers(project, config=config, init_kwargs={"wandb": init | {"settings": settings}})
+    except wandb.Error as e:
+        accelerator.trackers.clear()  # the tracker whose start failed
+        wandb.teardown()  # the W&B service still holds the failed run's id, which the offline run reuses
+        accelerator.init_trackers(project, config=config, init_kwargs={"wandb": init | {"mode": "offline"}})
+        reason = " ".join(str(e).split("\n")[0].split())
+        print(
+            f"W&B could not start the run online ({reason}); continuing offline (wandb.init_timeout_s bounds the "
+            f"wait): upload this run later with: wandb sync {_run_dir(accelerator)}",
+            flush=True,
+        )
+
+
+def _run_dir(accelerator: Accelerator) -> Path:
+    return Path(accelerator.get_tracker("wandb", unwrap=True).dir).parent
+
+
 class Tracking:
     """Created once the W&B run (if any) has started; every method is safe to call on every process."""
 

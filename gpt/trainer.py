@@ -35,21 +35,22 @@ from accelerate.utils import (
 from gpt import activation_checkpointing, collective, cpu, fsdp, guards, hf, perf, precision, resume, runfiles, signals
 from gpt import checkpoint as ckpt
 from gpt.budget import TimeBudget
-from gpt.config import Config, ModelConfig, TrainConfig, to_dict
+from gpt.config import Config, ModelConfig, TrainConfig, resume_changes, to_dict
 from gpt.data import BatchStream, DocumentStarts, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
 from gpt.evaluate import final_evaluation, final_evaluation_done
 from gpt.hellaswag import InLoopTasks
+from gpt.memory import check_model_fits
 from gpt.mixture import Mixture, Source, describe_data, parse_mixture
 from gpt.model import build_model, num_params
 from gpt.optim import build_optimizer, set_lr
 from gpt.plan import accumulation_steps, resolve_micro_batch
 from gpt.plot import record_at_step
 from gpt.prepare import ensure_dataset
-from gpt.schedule import check_schedule, lr_at
+from gpt.schedule import lr_at
 from gpt.spike import SpikeGuard
 from gpt.tokenizer import Tokenizer, load_tokenizer
-from gpt.tracking import Tracking
+from gpt.tracking import Tracking, start_wandb
 
 # ----------------------------------------------------------------------------------------------
 # Pure helpers: derived sizes, learning rate, parameter groups
@@ -200,7 +201,6 @@ def setup(cfg: Config) -> Run:
         print0(accelerator, precision_note)
     if accelerator.num_processes != launched:
         raise UserError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}")
-    check_schedule(t)
     device = accelerator.device
     if accelerator.mixed_precision == "fp16" and device.type != "cuda":
         raise UserError(
@@ -234,6 +234,7 @@ def setup(cfg: Config) -> Run:
     print0(accelerator, f"micro batch {why}")
     accum = accumulation_steps(t.batch_size, micro, accelerator.num_processes)
     accelerator.gradient_accumulation_steps = accum  # derived: batch_size / (micro_batch_size * processes)
+    check_model_fits(model_cfg, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), fsdp.fsdp_requested())
 
     resume_from = resume.resume_point(cfg.out_dir, cfg.resume, accelerator)
     set_seed(cfg.seed)  # identical initial weights on every process
@@ -250,6 +251,8 @@ def setup(cfg: Config) -> Run:
     resumed: dict[str, Any] = {}
     if resume_from is not None:
         resumed = restore(accelerator, resume_from, model_cfg, tokenizer)
+        if changes := resume_changes(resumed["config"], cfg):  # e.g. a new learning rate: said, not silent
+            print0(accelerator, changes)
     else:
         set_seed(cfg.seed, device_specific=True)  # dropout differs between processes
     return Run(
@@ -277,11 +280,6 @@ def setup(cfg: Config) -> Run:
 
 def spike_guard(t: TrainConfig, accelerator: Accelerator, state: dict | None) -> SpikeGuard | None:
     """The spike guard the config asks for (None when off), continuing a checkpoint's window and count."""
-    if t.spike_loss_ratio < 0 or t.spike_grad_ratio < 0 or t.spike_window < 1:
-        raise UserError(
-            f"the spike guard needs ratios >= 0 (0: off) and a window >= 1; got train.spike_loss_ratio="
-            f"{t.spike_loss_ratio}, train.spike_grad_ratio={t.spike_grad_ratio}, train.spike_window={t.spike_window}"
-        )
     guard = SpikeGuard(t.spike_loss_ratio, t.spike_grad_ratio, t.spike_window, state)
     if not guard.enabled:
         return None
@@ -358,14 +356,8 @@ def init_tracking(run: Run) -> str | None:
         "n_params": num_params(accelerator.unwrap_model(run.model)),
         "vocab_size": run.model_cfg.vocab_size,
     }
-    accelerator.init_trackers(
-        cfg.wandb.project or os.environ.get("WANDB_PROJECT") or "gpt",
-        config=to_dict(cfg) | {"derived": derived},
-        init_kwargs={"wandb": init},
-    )
-    if accelerator.is_main_process and run.wandb_mode == "offline":
-        run_dir = Path(accelerator.get_tracker("wandb", unwrap=True).dir).parent
-        print(f"W&B is offline (no credentials found); upload this run later with: wandb sync {run_dir}", flush=True)
+    project = cfg.wandb.project or os.environ.get("WANDB_PROJECT") or "gpt"
+    start_wandb(accelerator, project, to_dict(cfg) | {"derived": derived}, init, cfg.wandb.init_timeout_s)
     return wandb_id
 
 

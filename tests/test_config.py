@@ -56,7 +56,7 @@ def test_every_shipped_preset_loads(name):
         (["train.mixed_precision=fp8"], "one of 'no', 'bf16', 'fp16'"),
         (["model.n_embd=100", "model.n_head=3"], "must be divisible by model.n_head"),
         (["train.batch_size=30", "train.micro_batch_size=8"], "must be a multiple of train.micro_batch_size"),
-        (["model.dropout=1.5"], "model.dropout must be in"),
+        (["model.dropout=1.5"], "'model.dropout' must be in [0, 1)"),
         (["model=3"], "is a section"),
         (["no_such_preset"], "no config preset 'no_such_preset'"),
         (["model.n_layer=2", "stray"], "unexpected argument 'stray'"),

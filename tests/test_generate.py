@@ -293,7 +293,7 @@ def test_sample_script_streams_on_a_terminal_the_text_it_prints_otherwise(export
 def test_sample_script_refuses_bad_options_before_loading(tmp_path):
     r = run_script("sample.py", "--out_dir", str(tmp_path / "nothing"), "--top_p", "1.5")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "top_p must be in (0, 1]" in r.stderr
+    assert "'--top_p' must be in (0, 1]" in r.stderr
 
 
 class FakeGPUs:

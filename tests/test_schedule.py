@@ -7,9 +7,9 @@ import shutil
 import pytest
 
 from gpt.checkpoint import complete_checkpoints
-from gpt.config import TrainConfig
+from gpt.config import TrainConfig, load_config
 from gpt.errors import UserError
-from gpt.schedule import check_schedule, lr_at
+from gpt.schedule import lr_at
 
 from conftest import TINY, run_script
 
@@ -49,7 +49,7 @@ def test_wsd_holds_then_decays_over_its_last_fraction(shape, decayed):
 def test_a_bad_decay_fraction_is_one_clear_error():
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(UserError, match="train.decay_fraction"):
-            check_schedule(TrainConfig(decay_fraction=bad))
+            load_config([f"train.decay_fraction={bad}"])
 
 
 def logged_lrs(out) -> dict[int, float]:
