@@ -38,7 +38,7 @@ from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, resume_changes, to_dict
 from gpt.data import BatchStream, DocumentStarts, TokenStream, eval_window_starts, split_files, to_inputs_targets
 from gpt.errors import UserError
-from gpt.evaluate import final_evaluation, final_evaluation_done
+from gpt.evaluation import final_evaluation, final_evaluation_done
 from gpt.hellaswag import InLoopTasks
 from gpt.memory import check_model_fits
 from gpt.mixture import Mixture, Source, describe_data, parse_mixture

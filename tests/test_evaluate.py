@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from gpt.checkpoint import save_weights, write_export
 from gpt.config import ModelConfig
 from gpt.data import TokenStream, split_files, write_token_file
-from gpt.evaluate import evaluate_split, token_byte_lengths
+from gpt.evaluation import evaluate_split, token_byte_lengths
 from gpt.model import GPT, BigramLanguageModel
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer, load_tokenizer
 
@@ -156,7 +156,10 @@ def test_in_loop_evaluation_runs_one_batch_shape(data_root):
     val = TokenStream(split_files(data_root / "tiny", "val"))
     model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=val.vocab_size))
     seen = InputShapes(model)
-    run = SimpleNamespace(cfg=cfg, accelerator=Accelerator(cpu=True), model=model, train_data=val, val_data=val)
+    from gpt.mixture import Mixture, Source
+
+    mixture = Mixture([Source("tiny", 1.0, val, val)], cfg.seed, block_size=8)
+    run = SimpleNamespace(cfg=cfg, accelerator=Accelerator(cpu=True), model=model, micro_batch_size=4, mixture=mixture)
     losses = evaluate(run)
     assert seen.shapes == {(4, 8)}  # 10 windows: 4 + 4 + 2 padded to 4
     assert set(losses) == {"train/loss", "val/loss"} and 3.5 < losses["val/loss"] < 5.5

@@ -173,12 +173,12 @@ def test_evaluate_refuses_an_unwritable_destination_before_the_pass(tmp_path, ch
 
 
 def test_evaluate_prints_its_figures_before_writing_them(tmp_path, char_export, data_root, capsys, monkeypatch):
-    from gpt import evaluate
+    from gpt import evaluate, evaluation
 
     def read_only(path, record):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(evaluate, "write_json", read_only)
+    monkeypatch.setattr(evaluation, "write_json", read_only)
     args = ["--out_dir", str(char_export), "--data", str(data_root / "tiny"), "--json", str(tmp_path / "e.json")]
     with pytest.raises(UserError, match="could not write .*e.json \\(Permission denied\\); the figures are above"):
         evaluate.main(args)
