@@ -39,6 +39,30 @@ def data_root(tmp_path_factory, shakespeare) -> Path:
     return root
 
 
+def random_export(folder: Path, tokenizer, block_size: int, sharp: bool = False) -> Path:
+    """A small randomly initialised GPT (2 layers, 32 wide) written to ``folder`` as the package exports
+    models; ``sharp``: matrices large enough that its choices depend on the context."""
+    import torch
+
+    from gpt.checkpoint import save_weights, write_export
+    from gpt.config import ModelConfig
+    from gpt.model import GPT
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=tokenizer.vocab_size)
+    model = GPT(cfg)
+    if sharp:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.normal_(0.0, 0.3)
+    folder.mkdir(parents=True)
+    weights = folder.parent / f"{folder.name}.safetensors"
+    save_weights(model.state_dict(), weights)
+    write_export(folder, weights, cfg, tokenizer, {"step": 0})
+    return folder
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now, so that concurrent test runs don't collide."""
     with socket.socket() as s:

@@ -104,9 +104,10 @@ def test_config_command_shows_the_values_of_the_preset_it_is_given(capsys):
     shown = capsys.readouterr().out
     preset = load_config(["shakespeare_char"])
     assert (
-        f"model.n_layer (int, value {preset.model.n_layer})" in shown and preset.model.n_layer != Config().model.n_layer
+        f"model.n_layer (int, > 0, value {preset.model.n_layer})" in shown
+        and preset.model.n_layer != Config().model.n_layer
     )
-    assert "train.max_steps (int, value 7)" in shown
+    assert "train.max_steps (int, > 0, value 7)" in shown
 
 
 def test_presets_named_in_train_help_exist():

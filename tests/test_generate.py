@@ -8,14 +8,13 @@ import sys
 import pytest
 import torch
 
-from gpt.checkpoint import save_weights, write_export
 from gpt.config import ModelConfig
 from gpt.errors import UserError
 from gpt.generate import BatchDecoder, Sampling, filter_logits, generate_text, generate_tokens, pick_dtype, sample_ids
 from gpt.model import GPT, KVCache
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer
 
-from conftest import ROOT, env, run_script
+from conftest import ROOT, env, random_export, run_script
 
 BLOCK = 16
 VOCAB = 20
@@ -250,17 +249,7 @@ def test_bad_options_are_one_clear_error():
 def export(tmp_path_factory, shakespeare):
     """A random GPT (sharp weights, char vocabulary of Tiny Shakespeare) as a portable export."""
     folder = tmp_path_factory.mktemp("export")
-    tok = CharTokenizer.from_text(shakespeare)
-    torch.manual_seed(0)
-    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=tok.vocab_size)
-    model = GPT(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.3)
-    save_weights(model.state_dict(), folder / "weights.safetensors")
-    write_export(folder / "model", folder / "weights.safetensors", cfg, tok, {"step": 0})
-    return folder / "model"
+    return random_export(folder / "model", CharTokenizer.from_text(shakespeare), BLOCK, sharp=True)
 
 
 def test_sample_script_streams_on_a_terminal_the_text_it_prints_otherwise(export):

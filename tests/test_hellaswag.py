@@ -18,7 +18,7 @@ from gpt.model import build_model
 from gpt.scoring import score_pairs
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer
 
-from conftest import ROOT, TINY, accelerate_launch, env, free_port, run_script
+from conftest import ROOT, TINY, accelerate_launch, env, free_port, random_export, run_script
 
 FIXTURE = ROOT / "tests" / "fixtures" / "hellaswag_small.jsonl"
 
@@ -103,20 +103,9 @@ def evaluate_command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=300)
 
 
-def random_export(folder: Path, tokenizer, **model_args) -> Path:
-    """A small randomly initialised GPT written as the package exports models."""
-    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=tokenizer.vocab_size, **model_args)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    folder.mkdir(parents=True)
-    ckpt.save_weights(model.state_dict(), folder.parent / f"{folder.name}.safetensors")
-    ckpt.write_export(folder, folder.parent / f"{folder.name}.safetensors", cfg, tokenizer, {"step": 0})
-    return folder
-
-
 def test_both_tokenizers_score_the_fixture(tmp_path):
     for tokenizer in (CharTokenizer("".join(chr(c) for c in range(32, 127))), GPT2Tokenizer()):
-        model, _, _ = ckpt.load_exported(random_export(tmp_path / tokenizer.identity, tokenizer))
+        model, _, _ = ckpt.load_exported(random_export(tmp_path / tokenizer.identity, tokenizer, 64))
         result = evaluate_hellaswag(model, tokenizer, read_jsonl(FIXTURE), 64, tokenizer.vocab_size, batch_size=3)
         assert result.items == 8 and 0.0 <= result.acc <= 1.0 and 0.0 <= result.acc_norm <= 1.0
         assert result.items_with_unknown_chars == 0
@@ -124,7 +113,7 @@ def test_both_tokenizers_score_the_fixture(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_result(tmp_path):
-    export = random_export(tmp_path / "model", GPT2Tokenizer())
+    export = random_export(tmp_path / "model", GPT2Tokenizer(), 64)
     args = ["-m", "gpt.evaluate", "--out_dir", str(export), "--task", "hellaswag", "--data", str(FIXTURE)]
     one = evaluate_command(*args[2:], "--batch_size", "3", cwd=tmp_path)
     assert one.returncode == 0, one.stderr
@@ -173,7 +162,7 @@ def test_bad_files_are_one_clear_error(tmp_path, content, message):
 
 
 def test_bad_input_through_the_command(tmp_path):
-    export = random_export(tmp_path / "model", GPT2Tokenizer())
+    export = random_export(tmp_path / "model", GPT2Tokenizer(), 64)
     for args, message in [
         (["--data", str(tmp_path / "missing.jsonl")], "does not exist"),
         (["--task", "winogrande"], "unknown --task 'winogrande'"),

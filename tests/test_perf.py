@@ -174,9 +174,9 @@ def test_resume_refuses_another_architecture(tmp_path):
     "args, message",
     [
         (["model.n_embd=36", "model.n_head=4", "model.position=rope"], "needs an even head size"),
-        (["model.pad_vocab_to=0"], "model.pad_vocab_to must be 1"),
-        (["train.time_budget_s=-1"], "'train.time_budget_s' must be 0 or positive"),
-        (["train.muon_momentum=1.5"], "0 <= train.muon_momentum < 1"),
+        (["model.pad_vocab_to=0"], "'model.pad_vocab_to' must be >= 1"),
+        (["train.time_budget_s=-1"], "'train.time_budget_s' must be >= 0"),
+        (["train.muon_momentum=1.5"], r"'train.muon_momentum' must be in \[0, 1\)"),
     ],
 )
 def test_bad_feature_settings_are_refused(args, message):

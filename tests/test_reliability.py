@@ -25,9 +25,11 @@ def campaign(*args: str) -> dict:
     return json.loads(r.stdout)
 
 
-def test_kill_9_and_full_disks_at_30_seeded_moments_lose_at_most_one_interval_and_resume_exactly():
-    report = campaign("kills", "--seed", "0", "--moments", "24", "--timed", "6")
-    assert report["moments"] == 30 and report["timed_kills"] == 6
+def test_kill_9_and_full_disks_at_38_moments_lose_at_most_one_interval_and_resume_exactly():
+    # 32 seeded moments and 6 after random delays: how many attempts resume depends on where the timed
+    # kills land (22 to 28 seen), so there are enough moments for at least 20 resumes either way
+    report = campaign("kills", "--seed", "0", "--moments", "32", "--timed", "6")
+    assert report["moments"] == 38 and report["timed_kills"] == 6
     phases = {fault.split("@")[0].split(":")[0] + ":" + fault.rsplit(":", 1)[1] for fault in report["faults"]}
     save = ["save.begin", "save.state", "save.export", "save.manifest", "save.publish", "save.latest", "save.rotate"]
     assert {f"{p}:kill" for p in save} | {f"{p}:enospc" for p in save} <= phases

@@ -15,16 +15,13 @@ import pytest
 import torch
 
 from gpt.batching import Batcher, Job
-from gpt.checkpoint import save_weights, write_export
 from gpt.completions import ChoiceText
-from gpt.config import ModelConfig
 from gpt.errors import UserError
 from gpt.generate import generate_text, load
-from gpt.model import GPT
 from gpt.serve import main as serve_main
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer
 
-from conftest import ROOT, env, free_port
+from conftest import ROOT, env, free_port, random_export
 
 BLOCK = 32
 MAX_BATCH = 8
@@ -33,19 +30,9 @@ NAME = "tiny"
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory, shakespeare):
-    """A random GPT (weights large enough that its choices depend on the context), char vocabulary."""
+    """A random GPT (sharp weights, char vocabulary of Tiny Shakespeare) as a portable export."""
     folder = tmp_path_factory.mktemp("serve")
-    tok = CharTokenizer.from_text(shakespeare)
-    torch.manual_seed(0)
-    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=tok.vocab_size)
-    model = GPT(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.3)
-    save_weights(model.state_dict(), folder / "weights.safetensors")
-    write_export(folder / "model", folder / "weights.safetensors", cfg, tok, {"step": 0})
-    return folder / "model"
+    return random_export(folder / "model", CharTokenizer.from_text(shakespeare), BLOCK, sharp=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Fault-injection campaign: kill -9 and full disks at seeded moments, and damaged run files.
 
-    python tests/helpers/fault_campaign.py kills --seed 0 --moments 24 --timed 6   # kill -9 / ENOSPC, resume
+    python tests/helpers/fault_campaign.py kills --seed 0 --moments 32 --timed 6   # kill -9 / ENOSPC, resume
     python tests/helpers/fault_campaign.py damage                        # every kind of damaged file
 
 Each training attempt runs in a child process forked from this one (torch is imported once, here,
