@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gpt.config import Config, ModelConfig, load_config
-from gpt.errors import UserError
+from gpt.errors import UserError, run_main
 
 if TYPE_CHECKING:  # torch loads after the arguments are read: --help answers at once
     import torch
@@ -356,8 +356,4 @@ def compare(cfg: Config, args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

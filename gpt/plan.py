@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from gpt import perf
 from gpt.config import Config, ModelConfig, TrainConfig, load_config
-from gpt.errors import UserError
+from gpt.errors import UserError, run_main
 
 GIB = 2**30
 ALLOCATOR_SLACK = 0.10  # the caching allocator's fragmentation, on top of what the step keeps alive
@@ -434,8 +434,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)
