@@ -102,6 +102,8 @@ class Mixture:
 
     def rows_seen(self, steps: range, batch_size: int) -> np.ndarray:
         """(datasets,) rows each dataset contributed over ``steps``."""
+        if len(self.sources) == 1:  # every row: no choices to replay (a resume at step 100k costs nothing)
+            return np.array([len(steps) * batch_size], dtype=np.int64)
         counts = np.zeros(len(self.sources), dtype=np.int64)
         for step in steps:
             counts += np.bincount(self.choices(step, batch_size), minlength=len(self.sources))
