@@ -41,7 +41,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gpt import __version__
-from gpt.config import ModelConfig, model_config_from_dict, to_dict, train_command
+from gpt.config import ModelConfig, architecture_fields, model_config_from_dict, to_dict, train_command
 from gpt.durable import atomic_write_text, fsync_dir, hash_once
 from gpt.errors import UserError
 from gpt.model import build_model
@@ -415,10 +415,8 @@ def _load_export_folder(folder: Path) -> tuple[torch.nn.Module, Tokenizer, dict[
 def check_same_model(saved: dict[str, Any], current: ModelConfig, folder: Path) -> None:
     """Refuse to resume into a model of another shape, naming the field that differs."""
     now = to_dict(current)
-    shape_keys = ("kind", "n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "pad_vocab_to")
-    architecture_keys = ("position", "rope_base", "norm", "qk_norm", "mlp", "gelu", "tie_head")
     defaults = to_dict(ModelConfig())  # for keys that older checkpoints do not have
-    for key in shape_keys + architecture_keys:
+    for key in architecture_fields():
         if saved.get(key, defaults[key]) != now.get(key):
             raise UserError(
                 f"cannot resume from {folder}: model.{key} is {saved.get(key, defaults[key])!r} in the checkpoint but "

@@ -27,10 +27,19 @@ from gpt.paths import check_folder
 PRESET_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs")
 
 
-def doc(default: Any, text: str, check: str = "") -> Any:
+def doc(default: Any, text: str, check: str = "", architecture: bool | None = None, gpt2: Any = None) -> Any:
     """A dataclass field with a default value, its documentation and the rule its values must follow
-    (``check``: see ``allowed``), checked by ``validate`` and ``parse_flags``."""
-    metadata = {"doc": text, "check": check}
+    (``check``: see ``allowed``), checked by ``validate`` and ``parse_flags``.
+
+    ModelConfig fields also say whether they are part of the ``architecture`` (what the weights compute:
+    a checkpoint resumes or loads only into the same values) and, where GPT-2 has one fixed value for it,
+    that value (``gpt2``: a model with another value cannot be exported to transformers' GPT2LMHeadModel).
+    """
+    metadata: dict[str, Any] = {"doc": text, "check": check}
+    if architecture is not None:
+        metadata["architecture"] = architecture
+    if gpt2 is not None:
+        metadata["gpt2"] = gpt2
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -88,20 +97,28 @@ AUTO_LOSS_CHUNK = 2048  # and then takes this many tokens per piece
 class ModelConfig:
     """Model architecture. The checkpoint stores it, and sampling rebuilds the model from it."""
 
-    kind: Literal["gpt", "bigram"] = doc("gpt", "'gpt' (the transformer) or 'bigram' (the lecture's baseline).")
-    n_layer: int = doc(4, "Number of transformer blocks.", check=POSITIVE)
-    n_head: int = doc(4, "Attention heads per block; must divide n_embd.", check=POSITIVE)
-    n_embd: int = doc(128, "Width of the residual stream.", check=POSITIVE)
-    block_size: int = doc(64, "Context length in tokens.", check=POSITIVE)
-    dropout: float = doc(
-        0.0, "Dropout probability on attention weights, residual branches and embeddings.", check=PROBABILITY
+    kind: Literal["gpt", "bigram"] = doc(
+        "gpt", "'gpt' (the transformer) or 'bigram' (the lecture's baseline).", architecture=True
     )
-    bias: bool = doc(True, "Biases in Linear layers and LayerNorms (False is slightly faster).")
-    vocab_size: int = doc(0, "Vocabulary size; 0 takes it from the tokenizer of the data.", check=NON_NEGATIVE)
+    n_layer: int = doc(4, "Number of transformer blocks.", check=POSITIVE, architecture=True)
+    n_head: int = doc(4, "Attention heads per block; must divide n_embd.", check=POSITIVE, architecture=True)
+    n_embd: int = doc(128, "Width of the residual stream.", check=POSITIVE, architecture=True)
+    block_size: int = doc(64, "Context length in tokens.", check=POSITIVE, architecture=True)
+    dropout: float = doc(
+        0.0,
+        "Dropout probability on attention weights, residual branches and embeddings.",
+        check=PROBABILITY,
+        architecture=False,
+    )
+    bias: bool = doc(True, "Biases in Linear layers and LayerNorms (False is slightly faster).", architecture=True)
+    vocab_size: int = doc(
+        0, "Vocabulary size; 0 takes it from the tokenizer of the data.", check=NON_NEGATIVE, architecture=True
+    )
     gelu: Literal["exact", "tanh"] = doc(
         "exact",
         "GELU in the MLP: 'exact' (erf, as in the lecture) or 'tanh' (the approximation GPT-2 was trained "
         "with; taken from the source model with init_from).",
+        architecture=True,
     )
     init_from: str = doc(
         "",
@@ -109,28 +126,41 @@ class ModelConfig:
         "(e.g. gpt2; needs the hf extra and, for a hub id, network). The architecture and weights come from it; "
         "block_size may be smaller than its context (positions are cropped); the data must use the gpt2 "
         "tokenizer. Empty: random initialisation.",
+        architecture=False,
     )
     pad_vocab_to: int = doc(
         1,
         "Round the GPT's embedding and head up to a multiple of this many rows (64 on GPUs: faster matmuls); "
         "padded ids are never targets and never sampled. 1: no padding.",
         check=">= 1",
+        architecture=True,
     )
     position: Literal["learned", "rope"] = doc(
         "learned",
         "Position information: 'learned' absolute embeddings (the lecture's) or 'rope' (rotary, in attention).",
+        architecture=True,
+        gpt2="learned",
     )
     rope_base: float = doc(
-        10000.0, "Rotary embeddings: base of the geometric sequence of rotation frequencies.", check="> 1"
+        10000.0,
+        "Rotary embeddings: base of the geometric sequence of rotation frequencies.",
+        check="> 1",
+        architecture=True,
     )
-    norm: Literal["layernorm", "rmsnorm"] = doc("layernorm", "Normalisation layers: 'layernorm' or 'rmsnorm'.")
+    norm: Literal["layernorm", "rmsnorm"] = doc(
+        "layernorm", "Normalisation layers: 'layernorm' or 'rmsnorm'.", architecture=True, gpt2="layernorm"
+    )
     qk_norm: bool = doc(
-        False, "QK-norm: scale every query and key vector to unit RMS (no learned gain) before attention."
+        False,
+        "QK-norm: scale every query and key vector to unit RMS (no learned gain) before attention.",
+        architecture=True,
+        gpt2=False,
     )
     attention: Literal["sdpa", "explicit"] = doc(
         "sdpa",
         "How attention is computed (same result): 'sdpa' torch's fused kernel (flash attention on GPUs), or "
         "'explicit' softmax(q k^T / sqrt(hs)) v as matmuls, faster on CPUs in bf16 for short contexts (memory ~ T^2).",
+        architecture=False,
     )
     loss_chunk: int = doc(
         0,
@@ -139,11 +169,21 @@ class ModelConfig:
         "(same loss and gradients). 0: automatic, 2048 when the padded vocabulary has 8192 or more entries "
         "(GPT-2's: 64 x 1024 tokens of float32 logits would take 13 GB), else in one piece; -1: always in one piece.",
         check=">= -1",
+        architecture=False,
     )
-    mlp: Literal["gelu", "relu2"] = doc("gelu", "MLP non-linearity: 'gelu' or 'relu2' (squared ReLU).")
-    tie_head: bool = doc(True, "Use the token embedding as the LM head (weight tying); false adds a separate head.")
+    mlp: Literal["gelu", "relu2"] = doc(
+        "gelu", "MLP non-linearity: 'gelu' or 'relu2' (squared ReLU).", architecture=True, gpt2="gelu"
+    )
+    tie_head: bool = doc(
+        True,
+        "Use the token embedding as the LM head (weight tying); false adds a separate head.",
+        architecture=True,
+        gpt2=True,
+    )
     zero_init_proj: bool = doc(
-        False, "Initialise the attention and MLP output projections to zero (each block starts as the identity)."
+        False,
+        "Initialise the attention and MLP output projections to zero (each block starts as the identity).",
+        architecture=False,
     )
 
     @property
@@ -158,6 +198,16 @@ class ModelConfig:
         """vocab_size rounded up to a multiple of pad_vocab_to: the rows of the GPT's embedding and head."""
         multiple = max(1, self.pad_vocab_to)
         return -(-self.vocab_size // multiple) * multiple
+
+
+def architecture_fields() -> tuple[str, ...]:
+    """The ModelConfig fields that define what the weights compute (marked ``architecture=True``)."""
+    return tuple(f.name for f in dataclasses.fields(ModelConfig) if f.metadata["architecture"])
+
+
+def gpt2_values() -> dict[str, Any]:
+    """The ModelConfig fields GPT-2 has one fixed value for, and that value (marked ``gpt2=``)."""
+    return {f.name: f.metadata["gpt2"] for f in dataclasses.fields(ModelConfig) if "gpt2" in f.metadata}
 
 
 @dataclass
@@ -330,6 +380,18 @@ class TrainConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where metrics go besides out_dir/metrics.jsonl (always written), through accelerate's trackers."""
+
+    loggers: list[str] = doc(
+        ["wandb"],
+        "Experiment trackers, comma-separated: any of accelerate's (wandb, tensorboard, mlflow, trackio, aim, "
+        "comet_ml, clearml, dvclive, swanlab), each needing its package; the wandb.* keys configure W&B, and "
+        "the others write under out_dir/tracking/. Empty: metrics.jsonl only.",
+    )
+
+
+@dataclass
 class WandbConfig:
     """Weights & Biases logging (only the main process talks to W&B)."""
 
@@ -374,6 +436,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 

@@ -35,7 +35,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpt.config import ModelConfig
+from gpt.config import ModelConfig, gpt2_values
 from gpt.errors import UserError, run_main
 from gpt.tokenizer import ASSETS, CharTokenizer, Tokenizer
 
@@ -92,7 +92,7 @@ def name_pairs(n_layer: int) -> list[tuple[str, str, bool]]:
 
 
 # The ModelConfig values GPT-2 has; a model with another one computes something GPT2LMHeadModel cannot.
-GPT2_ARCHITECTURE = {"position": "learned", "norm": "layernorm", "qk_norm": False, "mlp": "gelu", "tie_head": True}
+GPT2_ARCHITECTURE = gpt2_values()  # e.g. position=learned, norm=layernorm: the parts GPT-2 has one kind of
 
 
 def check_exportable(cfg: ModelConfig) -> None:

@@ -121,3 +121,18 @@ def test_presets_named_in_train_help_exist():
     named = set(re.findall(r"train\.py ([A-Za-z]\w*)(?=\s)", r.stdout))  # train.py PRESET, not key=value
     assert named and named <= set(preset_names()), named - set(preset_names())
     assert ", ".join(preset_names()) in r.stdout
+
+
+def test_every_model_field_says_whether_it_is_architecture():
+    """A new ModelConfig field must be classified, or a resume could continue into a model that computes
+    something else; the resume check and the GPT-2 export check both derive from the marks."""
+    import dataclasses
+
+    from gpt.config import ModelConfig, architecture_fields, gpt2_values
+
+    unmarked = [f.name for f in dataclasses.fields(ModelConfig) if "architecture" not in f.metadata]
+    assert unmarked == [], f"mark these ModelConfig fields with architecture=True/False: {unmarked}"
+    assert {"n_layer", "n_embd", "position", "norm", "tie_head"} <= set(architecture_fields())
+    assert not {"dropout", "attention", "loss_chunk", "init_from"} & set(architecture_fields())
+    assert set(gpt2_values()) <= set(architecture_fields())
+    assert all(getattr(ModelConfig(), k) == v for k, v in gpt2_values().items())  # the defaults are GPT-2's
