@@ -15,18 +15,15 @@ continues from the newest checkpoint there. Then: python sample.py --out_dir OUT
 
 from __future__ import annotations
 
-from gpt.config import help_text, load_config
+from gpt.config import keys_text, load_config, parse_command
 from gpt.errors import run_main
 from gpt.signals import catch_stop_signals
 
 
 def main(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        print(help_text("train.py"))
-        return 0
     catch_stop_signals()  # first: a stop signal during start-up exits with code 75 instead of killing
-    cfg = load_config(argv)
+    _, config_args = parse_command(None, argv, "train.py", __doc__, epilog=keys_text())
+    cfg = load_config(config_args)
     from gpt.trainer import train  # after the config is known good: a typo fails fast, before torch loads
 
     result = train(cfg)

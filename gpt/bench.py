@@ -22,7 +22,6 @@ memory (allocated GPU memory, or the process's peak resident set on CPU), and on
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -33,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gpt.config import Config, ModelConfig, load_config
+from gpt.config import NON_NEGATIVE, POSITIVE, Config, ModelConfig, doc, load_config, parse_command
 from gpt.errors import UserError, run_main
 
 if TYPE_CHECKING:  # torch loads after the arguments are read: --help answers at once
@@ -194,7 +193,7 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
 
 
-def summarise(runner: Runner, seconds: list[float], cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+def summarise(runner: Runner, seconds: list[float], cfg: Config, args: BenchOptions) -> dict[str, Any]:
     """The JSON record of one timed run."""
     import torch
 
@@ -266,31 +265,25 @@ def describe(record: dict[str, Any]) -> str:
     )
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
-        prog="python -m gpt.bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage="python -m gpt.bench [PRESET] [key.sub=value ...] [options]",
-        epilog="PRESET and key.sub=value overrides are those of train.py (see python train.py --help).",
-    )
-    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps (default 30)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first, compilation included (default 5)")
-    parser.add_argument("--peak_tflops", type=float, default=0.0, help="peak TFLOP/s of one device, for MFU")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--bare", action="store_true", help="time the plain PyTorch loop instead of the trainer")
-    mode.add_argument(
-        "--compare", action="store_true", help="time the plain loop and the trainer in alternating rounds"
-    )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of --steps each, with --compare (default 3)")
-    args, rest = parser.parse_known_args(argv)
-    unknown = [a for a in rest if a.startswith("-") and "=" not in a]
-    if unknown:
-        parser.error(f"unknown option {unknown[0]}")
-    if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
-        raise UserError("--steps and --rounds must be at least 1 and --warmup at least 0")
-    return args, rest
+@dataclass
+class BenchOptions:
+    """The options of python -m gpt.bench (the model, batch and precision come from the training config)."""
+
+    steps: int = doc(30, "Timed optimizer steps.", check=POSITIVE)
+    warmup: int = doc(5, "Untimed steps first, compilation included.", check=NON_NEGATIVE)
+    peak_tflops: float = doc(0.0, "Peak TFLOP/s of one device, for MFU; 0: looked up by GPU.", check=NON_NEGATIVE)
+    threads: int = doc(0, "torch intra-op threads; 0: torch's choice.", check=NON_NEGATIVE)
+    bare: bool = doc(False, "Time the plain PyTorch loop instead of the trainer.")
+    compare: bool = doc(False, "Time the plain loop and the trainer in alternating rounds.")
+    rounds: int = doc(3, "Rounds of --steps each, with --compare.", check=POSITIVE)
+
+
+def parse_args(argv: list[str]) -> tuple[BenchOptions, list[str]]:
+    """The bench's options and the training config's arguments (``[PRESET] [key.sub=value ...]``)."""
+    args, config_args = parse_command(BenchOptions, argv, "python -m gpt.bench", __doc__)
+    if args.bare and args.compare:
+        raise UserError("--bare and --compare exclude each other: --compare times both")
+    return args, config_args
 
 
 def bench_config(rest: list[str]) -> Config:
@@ -337,7 +330,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def compare(cfg: Config, args: argparse.Namespace) -> int:
+def compare(cfg: Config, args: BenchOptions) -> int:
     """Plain loop and trainer in alternating rounds in one process, so that both see the same machine state."""
     runners = [bare_runner(cfg), trainer_runner(cfg)]
     times: dict[str, list[float]] = {r.name: [] for r in runners}

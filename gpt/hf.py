@@ -28,14 +28,14 @@ The bigram model has no GPT-2 counterpart and is refused. Needs the ``hf`` extra
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpt.config import ModelConfig, gpt2_values
+from gpt.config import ModelConfig, doc, gpt2_values, parse_flags
 from gpt.errors import UserError, run_main
 from gpt.tokenizer import ASSETS, CharTokenizer, Tokenizer
 
@@ -334,13 +334,16 @@ def load_pretrained(model: torch.nn.Module, source: str) -> None:
 # Command line
 
 
+@dataclass
+class HfOptions:
+    """The arguments of python -m gpt.hf."""
+
+    src: str = doc("", "Run directory (its newest checkpoint), checkpoint or model folder.", positional=True)
+    out: str = doc("", "Folder to write the transformers model into.", positional=True)
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m gpt.hf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("src", metavar="SRC", help="run directory (newest checkpoint), checkpoint or model folder")
-    parser.add_argument("out", metavar="OUT", help="folder to write the transformers model into")
-    args = parser.parse_args(argv)
+    args = parse_flags(HfOptions, argv, "python -m gpt.hf", __doc__)
     diff = export(args.src, args.out)
     print(f"wrote a transformers GPT-2 to {args.out}; its logits match the source model's (max |diff| {diff:.1e})")
     return 0

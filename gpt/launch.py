@@ -36,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from gpt.errors import ERROR_FILE_KEY, EXIT_INTERRUPTED, LAUNCHER_REPORTS_ERRORS, run_main
+from gpt.errors import ERROR_FILE_KEY, EXIT_INTERRUPTED, LAUNCHER_REPORTS_ERRORS, ArgumentParser, run_main
 from gpt.signals import EXIT_PREEMPTED, STOP_SIGNALS, signal_name
 
 POLL_S = 0.1  # how often the main thread passes pending signals on to new child processes
@@ -140,6 +140,7 @@ def main(argv: list[str]) -> int:
 
     parser = launch_command_parser()
     parser.prog = "python -m gpt.launch"
+    parser.error = lambda message: ArgumentParser.error(parser, message)  # one line, as every command's
     args = parser.parse_args(argv)
     args.quiet = False  # with --quiet accelerate exits 1 itself, hiding the processes' code; we print no traceback
     os.environ[LAUNCHER_REPORTS_ERRORS] = "1"

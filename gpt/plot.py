@@ -16,12 +16,13 @@ From Python (a notebook shows the returned figure)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpt.config import NON_EMPTY, doc, parse_flags
 from gpt.errors import UserError, run_main
 
 METRICS_FILE = "metrics.jsonl"
@@ -139,14 +140,17 @@ def _add_step_axis(ax: Any, records: list[dict[str, Any]]) -> None:
     top.set_xlabel("optimizer steps")
 
 
+@dataclass
+class PlotOptions:
+    """The arguments of python -m gpt.plot."""
+
+    run_dirs: list[str] = doc([], "out_dir of a run (holds metrics.jsonl); one or more.", positional=True)
+    out: str = doc("loss.png", "PNG file to write.", check=NON_EMPTY)
+    title: str = doc("", "Figure title; empty: the run names.")
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m gpt.plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="out_dir of a run (holds metrics.jsonl)")
-    parser.add_argument("--out", default="loss.png", help="PNG file to write (default: loss.png)")
-    parser.add_argument("--title", default="", help="figure title (default: the run names)")
-    args = parser.parse_args(argv)
+    args = parse_flags(PlotOptions, argv, "python -m gpt.plot", __doc__)
     plot_runs(args.run_dirs, args.out, args.title)
     print(f"wrote {args.out}")
     return 0

@@ -18,7 +18,7 @@ import ipaddress
 from pathlib import Path
 
 from gpt.config import ServeConfig, parse_flags
-from gpt.errors import UserError, run_main
+from gpt.errors import run_main
 
 
 def is_loopback(host: str) -> bool:
@@ -32,9 +32,6 @@ def is_loopback(host: str) -> bool:
 
 def main(argv: list[str]) -> int:
     cfg = parse_flags(ServeConfig, argv, "python -m gpt.serve", __doc__)
-    for name in ("max_batch", "max_batches", "max_tokens"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
     import torch  # after the flags: --help and a bad flag answer before torch loads
     import uvicorn
 

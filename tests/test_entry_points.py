@@ -16,7 +16,7 @@ ENTRY_POINTS = {  # how it is run -> its source file
     ("-m", "gpt.hf"): "gpt/hf.py",
     ("-m", "gpt.config"): "gpt/config/__init__.py",
     ("-m", "gpt.serve"): "gpt/serve.py",
-    ("-m", "gpt.plan"): "gpt/plan.py",
+    ("-m", "gpt.plan"): "gpt/plan/__init__.py",
     ("-m", "gpt.evaluate"): "gpt/evaluate.py",
 }
 

@@ -285,5 +285,5 @@ def test_with_one_batch_at_a_time_a_request_of_another_length_waits_for_the_batc
 def test_a_bad_model_folder_or_option_is_a_user_error(tmp_path, export):
     with pytest.raises(UserError, match="no checkpoint"):
         serve_main(["--out_dir", str(tmp_path)])
-    with pytest.raises(UserError, match="--max_batch must be >= 1"):
+    with pytest.raises(UserError, match="'--max_batch' must be >= 1"):
         serve_main(["--out_dir", str(export), "--max_batch", "0"])

@@ -137,7 +137,9 @@ def test_sample_flags_follow_the_declared_rules():
         (["--num_samples", "0"], "'--num_samples' must be > 0"),
         (["--max_new_tokens", "-1"], "'--max_new_tokens' must be >= 0"),
         (["--out_dir", ""], "'--out_dir' must be non-empty"),
-        (["--no_such_flag", "1"], "unrecognized arguments: --no_such_flag 1; see sample.py --help"),
+        (["--no_such_flag", "1"], "unknown option '--no_such_flag': see sample.py --help"),
+        (["--temprature", "0"], "unknown option '--temprature': did you mean '--temperature'?"),
+        (["temperature=0"], "options are written --temperature VALUE"),
     ]:
         with pytest.raises(UserError) as e:
             parse_flags(SampleConfig, flags, "sample.py", "")

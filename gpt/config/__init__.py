@@ -26,7 +26,7 @@ from gpt.config.fields import (
     doc,
     to_dict,
 )
-from gpt.config.flags import parse_flags
+from gpt.config.flags import CONFIG_ARGS, parse_command, parse_flags
 from gpt.config.loading import (
     PRESET_DIRS,
     find_preset,
@@ -36,16 +36,16 @@ from gpt.config.loading import (
     train_command,
 )
 from gpt.config.model import AUTO_LOSS_CHUNK, CHUNKED_LOSS_FROM_VOCAB, ModelConfig, architecture_fields, gpt2_values
-from gpt.config.reference import help_text, main, markdown_table, reference_rows
+from gpt.config.reference import help_text, keys_text, main, markdown_table, reference_rows
 from gpt.config.run import Config, DataConfig, TrackingConfig, TrainConfig, WandbConfig
 from gpt.config.tools import EvalConfig, SampleConfig, ServeConfig
 from gpt.config.validation import resume_changes, validate
 
 __all__ = [
-    "AUTO_LOSS_CHUNK", "CHUNKED_LOSS_FROM_VOCAB", "NON_EMPTY", "NON_NEGATIVE", "POSITIVE", "PRESET_DIRS",
+    "AUTO_LOSS_CHUNK", "CHUNKED_LOSS_FROM_VOCAB", "CONFIG_ARGS", "NON_EMPTY", "NON_NEGATIVE", "POSITIVE", "PRESET_DIRS",
     "PROBABILITY", "SEED", "Config", "DataConfig", "EvalConfig", "ModelConfig", "SampleConfig", "ServeConfig",
     "TrackingConfig", "TrainConfig", "WandbConfig", "allowed", "architecture_fields", "check_fields", "describe",
-    "doc", "find_preset", "gpt2_values", "help_text", "load_config", "main", "markdown_table",
-    "model_config_from_dict", "parse_flags", "preset_names", "reference_rows", "resume_changes", "to_dict",
-    "train_command", "validate",
+    "doc", "find_preset", "gpt2_values", "help_text", "keys_text", "load_config", "main", "markdown_table",
+    "model_config_from_dict", "parse_command", "parse_flags", "preset_names", "reference_rows", "resume_changes",
+    "to_dict", "train_command", "validate",
 ]  # fmt: skip

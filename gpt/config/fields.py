@@ -13,9 +13,19 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from gpt.errors import UserError
 
 
-def doc(default: Any, text: str, check: str = "", architecture: bool | None = None, gpt2: Any = None) -> Any:
+def doc(
+    default: Any,
+    text: str,
+    check: str = "",
+    architecture: bool | None = None,
+    gpt2: Any = None,
+    positional: bool = False,
+) -> Any:
     """A dataclass field with a default value, its documentation and the rule its values must follow
     (``check``: see ``allowed``), checked by ``validate`` and ``parse_flags``.
+
+    A command's option that is given by position rather than as ``--name VALUE`` is ``positional``
+    (required; a list takes one or more values).
 
     ModelConfig fields also say whether they are part of the ``architecture`` (what the weights compute:
     a checkpoint resumes or loads only into the same values) and, where GPT-2 has one fixed value for it,
@@ -26,6 +36,8 @@ def doc(default: Any, text: str, check: str = "", architecture: bool | None = No
         metadata["architecture"] = architecture
     if gpt2 is not None:
         metadata["gpt2"] = gpt2
+    if positional:
+        metadata["positional"] = True
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -72,7 +84,12 @@ def check_fields(section: Any, prefix: str = "") -> None:
             if isinstance(value, float) and not math.isfinite(value):
                 rule = f"finite and {rule}" if f.metadata["check"] else "finite"
             meaning = re.split(r"[.:;] ", f.metadata["doc"])[0].rstrip(".")  # the doc's first clause
-            raise UserError(f"config key '{key}' must be {rule}, got {value!r} ({meaning})")
+            raise UserError(f"{key_kind(key)} '{key}' must be {rule}, got {value!r} ({meaning})")
+
+
+def key_kind(key: str) -> str:
+    """How an error names a key: a command's ``--flag``, or a key of the training config."""
+    return "flag" if key.startswith("--") else "config key"
 
 
 def is_section(tp: Any) -> bool:
@@ -93,8 +110,7 @@ def convert(key: str, value: Any, tp: Any, from_cli: bool) -> Any:
     """Check or convert one value to the field's type, with one clear error when it doesn't fit."""
 
     def fail(expected: str) -> UserError:
-        what = "flag" if key.startswith("--") else "config key"
-        return UserError(f"{what} '{key}' expects {expected}, got {value!r}")
+        return UserError(f"{key_kind(key)} '{key}' expects {expected}, got {value!r}")
 
     origin = get_origin(tp)
     if origin is Literal:

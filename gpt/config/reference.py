@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from gpt.config.fields import describe, is_section, section_fields, type_name
+from gpt.config.fields import describe, doc, is_section, section_fields, type_name
+from gpt.config.flags import CONFIG_ARGS, parse_command
 from gpt.config.loading import load_config, preset_names
 from gpt.config.run import Config
 
@@ -27,9 +29,12 @@ def reference_rows(section: Any = None, prefix: str = "") -> list[tuple[str, str
 
 def help_text(program: str, cfg: Config | None = None) -> str:
     """Usage, the presets and every key with its meaning: with its default, or its value in ``cfg``."""
+    return f"usage: {program} {CONFIG_ARGS}\n\n{keys_text(cfg)}"
+
+
+def keys_text(cfg: Config | None = None) -> str:
+    """The presets and every key with its meaning: with its default, or its value in ``cfg``."""
     lines = [
-        f"usage: {program} [PRESET] [key.sub=value ...]",
-        "",
         f"PRESET is a YAML file or the name of one in configs/: {', '.join(preset_names())}.",
         "Keys and defaults (a preset overrides defaults, command-line overrides win over both):"
         if cfg is None
@@ -50,14 +55,23 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str]) -> int:
-    if "--markdown" in argv:
-        print(markdown_table())
-    elif argv and not any(a in ("-h", "--help") for a in argv):
-        print(help_text("python -m gpt.config", load_config(argv)))
-    else:
-        import gpt.config
+@dataclass
+class ReferenceOptions:
+    """The options of python -m gpt.config."""
 
+    markdown: bool = doc(False, "Print every key as the README's config table (markdown) instead.")
+
+
+def main(argv: list[str]) -> int:
+    import gpt.config
+
+    program = "python -m gpt.config"
+    options, config_args = parse_command(ReferenceOptions, argv, program, gpt.config.__doc__, epilog=keys_text())
+    if options.markdown:
+        print(markdown_table())
+    elif config_args:
+        print(help_text(program, load_config(config_args)))
+    else:
         print(gpt.config.__doc__)
-        print(help_text("python -m gpt.config"))
+        print(help_text(program))
     return 0

@@ -74,14 +74,16 @@ class ServeConfig:
         16,
         "Most sequences decoded at a time, over all requests (a request with n samples counts n); also the "
         "largest n a request may ask for. More requests wait in arrival order.",
+        check=">= 1",
     )
     max_batches: int = doc(
         2,
         "Most batches decoded in turns (each holds requests whose prompts have one length in tokens). A "
         "request that cannot start a batch waits for one to end, then starts with the others that waited: "
         "1 gives the largest batches (throughput), more let new requests start sooner (latency).",
+        check=">= 1",
     )
-    max_tokens: int = doc(2048, "Largest max_tokens a request may ask for.")
+    max_tokens: int = doc(2048, "Largest max_tokens a request may ask for.", check=">= 1")
     context_mode: Literal["auto", "exact", "fast", "rolling"] = doc(
         "auto",
         "Past the context length, as sample.py's --context_mode: 'auto' is 'rolling' for rotary models, else 'exact'.",
