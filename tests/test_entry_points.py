@@ -1,6 +1,7 @@
 """Every entry point opens with a docstring that shows how to run it, and answers --help with it."""
 
 import ast
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ ENTRY_POINTS = {  # how it is run -> its source file
     ("-m", "gpt.serve"): "gpt/serve.py",
     ("-m", "gpt.plan"): "gpt/plan/__init__.py",
     ("-m", "gpt.evaluate"): "gpt/evaluate.py",
+    ("-m", "gpt.bench"): "gpt/bench.py",
 }
 
 
@@ -34,7 +36,7 @@ def test_docstring_shows_how_to_run_it_and_help_prints_it(command, source):
     assert usage_lines[0] in r.stdout
 
 
-HELP_COMMANDS = [*ENTRY_POINTS, ("-m", "gpt.bench")]
+HELP_COMMANDS = list(ENTRY_POINTS)
 
 
 @pytest.mark.parametrize("command", HELP_COMMANDS, ids=[" ".join(c) for c in HELP_COMMANDS])
@@ -55,7 +57,7 @@ ARGUMENTS_BESIDES = {  # what each needs besides, so that the unknown option is 
     ("-m", "gpt.hf"): ["src", "out"], ("-m", "gpt.plot"): ["run"], ("-m", "gpt.launch"): ["train.py"],
     ("-m", "gpt.prepare"): ["--out", "out"],
 }  # fmt: skip
-ALL_COMMANDS = [*ENTRY_POINTS, ("-m", "gpt.bench"), ("-m", "gpt.launch")]
+ALL_COMMANDS = [*ENTRY_POINTS, ("-m", "gpt.launch")]
 
 
 @pytest.mark.parametrize("command", ALL_COMMANDS, ids=[" ".join(c) for c in ALL_COMMANDS])
@@ -95,3 +97,12 @@ def test_options_and_config_arguments_may_interleave():
     assert config_args == ["shakespeare_char", "model.n_layer=2", "--model.n_embd=64"]  # in order, for load_config
     options, _ = parse_command(BenchOptions, ["--compare", "--no-compare"], "python -m gpt.bench", "")
     assert options.compare is False
+
+
+def test_presets_named_in_docstrings_exist():
+    from gpt.config import preset_names
+
+    for path in [ROOT / "train.py", ROOT / "sample.py", *sorted(ROOT.glob("gpt/**/*.py"))]:
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        named = re.findall(r"(?:train\.py|-m gpt\.(?:plan|bench|config)) ([A-Za-z]\w*)(?=\s|$)", doc)
+        assert set(named) <= set(preset_names()), f"{path.name}: no preset {set(named) - set(preset_names())}"
