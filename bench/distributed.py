@@ -102,7 +102,7 @@ def accumulate_overhead(trials: int, steps_per_trial: int, work: Path) -> None:
     from gpt.data import BatchStream, TokenStream, split_files
     from gpt.model import build_model
     from gpt.optim import build_optimizer
-    from gpt.prepare import ensure_dataset
+    from gpt.prepared import ensure_dataset
     from gpt.tokenizer import load_tokenizer
 
     folder = ensure_dataset(str(work / "data"), "shakespeare_char")

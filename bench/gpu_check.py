@@ -84,7 +84,7 @@ def missing(out: Path) -> list[str]:
         if importlib.util.find_spec(module) is None:
             problems.append(f"{module} is not installed")
     sys.path.insert(0, str(ROOT))
-    from gpt.prepare import is_prepared
+    from gpt.prepared import is_prepared
 
     for name in ("shakespeare_char", "shakespeare_gpt2"):
         if not is_prepared(ROOT / "data" / name) and importlib.util.find_spec("datasets") is None:

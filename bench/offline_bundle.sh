@@ -30,7 +30,7 @@ ls "$wheels"
 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" python - "$data_root" <<'PY'
 import sys
 
-from gpt.prepare import ensure_dataset
+from gpt.prepared import ensure_dataset
 
 for name in ("shakespeare_char", "shakespeare_gpt2"):  # what gpu_check's training and benchmark read
     print(f"dataset {ensure_dataset(sys.argv[1], name)}")

@@ -132,7 +132,7 @@ def bare_runner(cfg: Config) -> Runner:
     from gpt.model import build_model
     from gpt.optim import build_optimizer, set_lr
     from gpt.plan import accumulation_steps, resolve_micro_batch
-    from gpt.prepare import ensure_dataset
+    from gpt.prepared import ensure_dataset
     from gpt.schedule import lr_at
     from gpt.tokenizer import load_tokenizer
 

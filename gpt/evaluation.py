@@ -37,7 +37,7 @@ from accelerate import Accelerator
 from gpt import checkpoint as ckpt
 from gpt.data import TokenStream
 from gpt.errors import UserError
-from gpt.prepare import ensure_dataset
+from gpt.prepared import ensure_dataset
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer
 
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpt.data import DocumentStarts, TokenStream, step_window_starts
+from gpt.data import DocumentStarts, step_window_starts
 from gpt.errors import UserError
+from gpt.token_files import TokenStream
 
 _MIX_STREAM = 0x6D6978  # separates the dataset choices' random stream from the windows'
 

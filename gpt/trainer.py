@@ -46,7 +46,7 @@ from gpt.model import build_model, num_params
 from gpt.optim import build_optimizer, set_lr
 from gpt.plan import accumulation_steps, resolve_micro_batch
 from gpt.plot import record_at_step
-from gpt.prepare import ensure_dataset
+from gpt.prepared import ensure_dataset
 from gpt.schedule import lr_at
 from gpt.spike import SpikeGuard
 from gpt.tokenizer import Tokenizer, load_tokenizer

@@ -61,12 +61,14 @@ def test_wrong_magic(tmp_path, data_root):
     assert_clean_error(r, "is not a token file")
 
 
-def test_non_utf8_input_says_where(tmp_path, capsys):
+def test_non_utf8_input_says_where(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("hello\nthere caf\xe9\n".encode("latin-1"))
-    assert prepare_main(["--input", str(path), "--out", str(tmp_path / "x")]) == 2
-    err = capsys.readouterr().err
-    assert "is not UTF-8" in err and "line 2, column 10" in err
+    r = subprocess.run(
+        [sys.executable, "-m", "gpt.prepare", "--input", str(path), "--out", str(tmp_path / "x")],
+        env=env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert_clean_error(r, "is not UTF-8", "line 2, column 10")
     assert not (tmp_path / "x").exists()
 
 

@@ -12,7 +12,7 @@ from conftest import ROOT, env
 ENTRY_POINTS = {  # how it is run -> its source file
     ("train.py",): "train.py",
     ("sample.py",): "sample.py",
-    ("-m", "gpt.prepare"): "gpt/prepare.py",
+    ("-m", "gpt.prepare"): "gpt/prepare/cli.py",
     ("-m", "gpt.plot"): "gpt/plot.py",
     ("-m", "gpt.hf"): "gpt/hf.py",
     ("-m", "gpt.config"): "gpt/config/__init__.py",

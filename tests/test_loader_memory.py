@@ -6,7 +6,7 @@ import sys
 import psutil
 import pytest
 
-import gpt.data
+import gpt.token_files
 from gpt.data import HEADER_SIZE, BatchStream, TokenStream
 
 TOKENS = 2**31  # a 4 GiB file of uint16 tokens
@@ -15,7 +15,7 @@ MiB = 2**20
 
 
 def sparse_token_file(path, num_tokens: int) -> None:
-    """A token file (header as documented in gpt.data) whose tokens are a hole: no disk space, all zeros."""
+    """A token file (header as documented in gpt.token_files) whose tokens are a hole: no disk space, all zeros."""
     identity = b"gpt2"
     head = struct.pack("<8sIIQII", b"GPTTOKEN", 1, 2, num_tokens, 50257, len(identity)) + identity
     with open(path, "wb") as f:
@@ -56,7 +56,7 @@ def test_resident_memory_stays_flat_on_a_4gb_file(tmp_path, monkeypatch):
 
     # The same reads without the periodic release keep every page they touch mapped (6,000 batches:
     # at least 72,000 pages, 288 MiB): the bound above is one the loader would break without it.
-    monkeypatch.setattr(gpt.data, "RESIDENT_BUDGET", 1 << 62)
+    monkeypatch.setattr(gpt.token_files, "RESIDENT_BUDGET", 1 << 62)
     stream.release()
     growth = rss_growth_while_training_reads(TokenStream([path]), 6000)
     assert growth[-1] > 256 * MiB, [g // MiB for g in growth]

@@ -273,19 +273,17 @@ def test_rerun_skips_refuses_or_overwrites(tmp_path, documents, capsys):
     prepare(*args)  # same settings, complete: nothing to do
     assert "already prepared" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
-    assert prepare_main([*args, "--tokenizer", "gpt2"]) == 2
-    assert (
-        "different: tokenizer" in capsys.readouterr().err
-        and (out / "train-000000.tok").stat().st_mtime_ns == before["train-000000.tok"]
-    )
+    with pytest.raises(UserError, match="different: tokenizer"):
+        prepare_main([*args, "--tokenizer", "gpt2"])
+    assert (out / "train-000000.tok").stat().st_mtime_ns == before["train-000000.tok"]
     (out / "prepare.json").unlink()  # token files of unknown origin
-    assert prepare_main(args) == 2
-    assert "pass --overwrite" in capsys.readouterr().err
+    with pytest.raises(UserError, match="pass --overwrite"):
+        prepare_main(args)
     prepare(*args, "--tokenizer", "gpt2", "--overwrite")
     assert load_tokenizer(out / "tokenizer.json").identity == "gpt2"
 
 
-def test_an_interrupted_prepare_leaves_no_shard(tmp_path, documents, capsys):
+def test_an_interrupted_prepare_leaves_no_shard(tmp_path, documents):
     path = write_jsonl(tmp_path / "docs.jsonl", documents * 40)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "gpt.prepare", "--input", str(path), "--text_column", "body", "--out", str(out)]
@@ -298,8 +296,8 @@ def test_an_interrupted_prepare_leaves_no_shard(tmp_path, documents, capsys):
     proc.wait()
     assert list((out / STAGING).glob("train-*.tok"))  # finished shards exist, but only in the staging folder
     assert split_files(out, "train") == [] and not is_prepared(out)
-    assert prepare_main([*cmd[3:], "--tokenizer", "gpt2"]) == 2
-    assert "interrupted preparation; pass --overwrite" in capsys.readouterr().err
+    with pytest.raises(UserError, match="interrupted preparation; pass --overwrite"):
+        prepare_main([*cmd[3:], "--tokenizer", "gpt2"])
     assert (
         prepare_main(
             ["--input", str(path), "--text_column", "body", "--out", str(out), "--overwrite", "--num_proc", "1"]
@@ -312,17 +310,18 @@ def test_an_interrupted_prepare_leaves_no_shard(tmp_path, documents, capsys):
 def test_error_inside_prepare_removes_its_output(tmp_path):
     (tmp_path / "docs.jsonl").write_text('{"body": "a"}\n{"body": "b"}\n')
     args = ["--input", str(tmp_path / "docs.jsonl"), "--text_column", "body", "--out", str(tmp_path / "o")]
-    assert prepare_main([*args, "--num_proc", "1"]) == 2
+    with pytest.raises(UserError, match="the val split is empty"):
+        prepare_main([*args, "--num_proc", "1"])
     assert not (tmp_path / "o").exists()  # val split empty: refused, nothing left behind
 
 
-def test_non_utf8_file_in_a_folder_is_located(tmp_path, capsys):
+def test_non_utf8_file_in_a_folder_is_located(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.txt").write_text("fine\n")
     (tmp_path / "in" / "b.txt").write_bytes("ok ☃\nstill ok\nbad: caf\xe9\n".encode().replace(b"\xc3\xa9", b"\xe9"))
-    assert prepare_main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--num_proc", "1"]) == 2
-    err = capsys.readouterr().err
-    assert f"{tmp_path / 'in' / 'b.txt'} is not UTF-8: byte 0xe9 at line 3, column 9" in err
+    with pytest.raises(UserError) as e:
+        prepare_main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--num_proc", "1"])
+    assert f"{tmp_path / 'in' / 'b.txt'} is not UTF-8: byte 0xe9 at line 3, column 9" in str(e.value)
 
 
 def test_utf8_error_is_exact_across_read_chunks(tmp_path):
@@ -334,13 +333,14 @@ def test_utf8_error_is_exact_across_read_chunks(tmp_path):
     assert all(utf8_error(path, chunk_bytes=c) is None for c in (1, 2, 3))
 
 
-def test_malformed_tables_are_one_clear_error(tmp_path, capsys):
+def test_malformed_tables_are_one_clear_error(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"text": "a"}\n{"text": broken\n')
     (tmp_path / "b.csv").write_text('text,x\n"a,1\n')
     (tmp_path / "c.parquet").write_bytes(b"PAR1 not really")
     for name in ("a.jsonl", "b.csv", "c.parquet"):
-        assert prepare_main(["--input", str(tmp_path / name), "--out", str(tmp_path / "o"), "--num_proc", "1"]) == 2
-        assert f"error: could not read {tmp_path / name}: " in capsys.readouterr().err
+        with pytest.raises(UserError) as e:
+            prepare_main(["--input", str(tmp_path / name), "--out", str(tmp_path / "o"), "--num_proc", "1"])
+        assert str(e.value).startswith(f"could not read {tmp_path / name}: ")
     assert not (tmp_path / "o").exists()
 
 
@@ -353,7 +353,7 @@ def test_read_text_says_where_the_file_stops_being_utf8(tmp_path):
     assert read_text(path) == "fine ☃"
 
 
-def test_missing_column_and_mixed_inputs_are_clear(tmp_path, capsys):
+def test_missing_column_and_mixed_inputs_are_clear(tmp_path):
     write_jsonl(tmp_path / "docs.jsonl", ["a", "b"])
     (tmp_path / "notes.txt").write_text("x")
     cases = {
@@ -363,8 +363,9 @@ def test_missing_column_and_mixed_inputs_are_clear(tmp_path, capsys):
         "does not exist": ["--input", str(tmp_path / "nope")],
     }
     for message, args in cases.items():
-        assert prepare_main([*args, "--out", str(tmp_path / "o"), "--num_proc", "1"]) == 2
-        assert message in capsys.readouterr().err
+        with pytest.raises(UserError) as e:
+            prepare_main([*args, "--out", str(tmp_path / "o"), "--num_proc", "1"])
+        assert message in str(e.value)
     assert not (tmp_path / "o").exists()
 
 
