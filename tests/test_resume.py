@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt.checkpoint import latest_checkpoint, load_exported
+from gpt.checkpoint import latest_checkpoint
+from gpt.export import load_exported
 
 from conftest import ROOT, TINY, accelerate_launch, env, free_port, run_script
 
