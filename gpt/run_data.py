@@ -1,11 +1,12 @@
 """Opening a training run's data: data.dataset, or every dataset of data.mixture, prepared when missing
-and checked against its tokenizer and the model's context."""
+and checked against its tokenizer and the model's context; and the model config resolved against it."""
 
 from __future__ import annotations
 
 from accelerate import Accelerator
 
-from gpt.config import Config
+from gpt import hf
+from gpt.config import Config, ModelConfig
 from gpt.data import DocumentStarts, TokenStream, split_files
 from gpt.errors import UserError
 from gpt.mixture import Source, parse_mixture
@@ -50,3 +51,21 @@ def open_data(cfg: Config, accelerator: Accelerator) -> tuple[Tokenizer, list[So
         sources.append(Source(name, weight, train, val, documents))
         tokenizers.append(tokenizer)
     return tokenizers[0], sources
+
+
+def resolve_model_config(
+    cfg: Config, tokenizer: Tokenizer, sources: list[Source], accelerator: Accelerator
+) -> ModelConfig:
+    """Fill cfg.model in place, once: a pretrained model's architecture (model.init_from, gpt.hf) and
+    the vocabulary size (0: the tokenizer's); checks that every token of the data fits the vocabulary.
+    Checkpoints, exports and W&B all record this one config."""
+    if cfg.model.init_from:
+        with accelerator.local_main_process_first():
+            adopted = hf.adopt_architecture(cfg.model, tokenizer)
+        if accelerator.is_main_process:
+            print(adopted, flush=True)
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = tokenizer.vocab_size
+    for data in (stream for source in sources for stream in (source.train, source.val)):
+        data.check_model(cfg.model.vocab_size)
+    return cfg.model

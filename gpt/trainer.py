@@ -39,7 +39,7 @@ from gpt.model import build_model, num_params
 from gpt.optim import build_optimizer
 from gpt.plan import accumulation_steps, resolve_micro_batch
 from gpt.plot import record_at_step
-from gpt.run_data import open_data
+from gpt.run_data import open_data, resolve_model_config
 from gpt.schedule import lr_at
 from gpt.spike import SpikeGuard, spike_guard
 from gpt.step import batch_stream, train_step
@@ -120,18 +120,6 @@ def print0(accelerator: Accelerator, *args: Any) -> None:
         print(*args, flush=True)
 
 
-def resolve_model_config(cfg: Config, tokenizer: Tokenizer, accelerator: Accelerator) -> ModelConfig:
-    """Fill cfg.model in place, once: a pretrained model's architecture (model.init_from, gpt.hf) and
-    the vocabulary size (0: the tokenizer's). Checkpoints, exports and W&B record this one config."""
-    if cfg.model.init_from:
-        with accelerator.local_main_process_first():
-            adopted = hf.adopt_architecture(cfg.model, tokenizer)
-        print0(accelerator, adopted)
-    if cfg.model.vocab_size == 0:
-        cfg.model.vocab_size = tokenizer.vocab_size
-    return cfg.model
-
-
 def setup(cfg: Config) -> Run:
     t = cfg.train
     mode = wandb_mode(cfg.wandb.mode)
@@ -140,9 +128,7 @@ def setup(cfg: Config) -> Run:
     lock = runfiles.lock_run_dir(cfg.out_dir, enabled=accelerator.is_main_process)  # one training per out_dir
 
     tokenizer, sources = open_data(cfg, accelerator)
-    model_cfg = resolve_model_config(cfg, tokenizer, accelerator)
-    for data in (stream for source in sources for stream in (source.train, source.val)):
-        data.check_model(model_cfg.vocab_size)
+    model_cfg = resolve_model_config(cfg, tokenizer, sources, accelerator)
     sharded = accelerator.distributed_type == DistributedType.FSDP
     micro, why = resolve_micro_batch(t, model_cfg, accelerator.num_processes, perf.device_memory_bytes(device),
                                      accelerator.mixed_precision, sharded)  # fmt: skip
@@ -254,11 +240,7 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
     if run.start_step >= t.max_steps and (not t.final_eval or final_evaluation_done(cfg.out_dir, run.start_step)):
         print0(accelerator, f"{cfg.out_dir} is already trained to step {run.start_step} (train.max_steps is "
                             f"{t.max_steps}); raise train.max_steps to train further")  # fmt: skip
-        accelerator.end_training()
-        run.lock.release()
-        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-        done = run.resumed_metrics | record_at_step(cfg.out_dir, run.start_step)  # with the final evaluation
-        return TrainResult(run.start_step, done, unwrapped, accelerator.is_main_process)
+        return finish(run, run.start_step, run.resumed_metrics | record_at_step(cfg.out_dir, run.start_step))
     if accelerator.is_main_process:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -313,11 +295,7 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
                 if not math.isfinite(loss_mean) and not spiked:
                     raise guards.diverged(cfg.out_dir, run.watch.checked_step, step, t.learning_rate)
             if plan.evaluate:
-                record |= {f"eval/{k}": v for k, v in evaluate(run).items()}
-                if tasks is not None:  # four endings an item: items per pass ~ sequences of a micro batch
-                    items_per_pass = max(1, run.micro_batch_size // 4)
-                    record |= tasks.evaluate(model, cfg.model.block_size, cfg.model.vocab_size, items_per_pass,
-                                             accelerator)  # fmt: skip
+                record |= evaluate(run, tasks)
             stopping = stop.agreed(accelerator, check=plan.check_stop)
             plan = plan.stopping(stopping is not None)
             if record:
@@ -350,18 +328,28 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
         metrics_log.write(final | {"step": step, "tokens": step * tokens_per_step})
         last |= final
     tracking.finish(step, last)  # the last value of every metric, the final evaluation included, in the W&B summary
-    accelerator.end_training()
+    return finish(run, step, last)
+
+
+def finish(run: Run, step: int, metrics: dict[str, float]) -> TrainResult:
+    """End the run (trackers, the out_dir's lock); ``metrics``: the last value of each, final evaluation included."""
+    run.accelerator.end_training()
     run.lock.release()
-    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-    return TrainResult(step, last, unwrapped, accelerator.is_main_process)
+    unwrapped = run.accelerator.unwrap_model(run.model, keep_torch_compile=False)
+    return TrainResult(step, metrics, unwrapped, run.accelerator.is_main_process)
 
 
-def evaluate(run: Run) -> dict[str, float]:
-    """The in-loop evaluation: mean loss over train.eval_windows fixed windows of each split."""
-    cfg = run.cfg
+def evaluate(run: Run, tasks: InLoopTasks | None = None) -> dict[str, float]:
+    """The in-loop evaluation: mean loss (eval/*) over train.eval_windows fixed windows of each split,
+    and the train.eval_tasks."""
+    cfg, accelerator = run.cfg, run.accelerator
     losses = sampled_losses(run.model, run.mixture.eval_splits(), cfg.seed, cfg.train.eval_windows,
-                            cfg.model.block_size, run.micro_batch_size, run.accelerator)  # fmt: skip
-    return run.mixture.with_weighted_means(losses)
+                            cfg.model.block_size, run.micro_batch_size, accelerator)  # fmt: skip
+    record = {f"eval/{k}": v for k, v in run.mixture.with_weighted_means(losses).items()}
+    if tasks is not None:  # four endings an item: items per pass ~ sequences of a micro batch
+        items_per_pass = max(1, run.micro_batch_size // 4)
+        record |= tasks.evaluate(run.model, cfg.model.block_size, cfg.model.vocab_size, items_per_pass, accelerator)
+    return record
 
 
 def make_progress(accelerator: Accelerator, start: int, total: int):
