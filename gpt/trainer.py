@@ -1,11 +1,14 @@
-"""The training loop, built on ``accelerate.Accelerator``.
+"""The training loop, built on ``accelerate.Accelerator``: the set-up and the loop.
 
-Everything about devices, processes and precision goes through the Accelerator: ``prepare``,
-``accumulate``, ``backward``, ``clip_grad_norm_``, ``reduce``, ``save_state``/``load_state`` and the
-W&B tracker. What the loop owns itself is the data (a pure function of seed and step, see
-``gpt.data``), the learning-rate schedule (a pure function of the step) and the checkpoint layout
-(``gpt.checkpoint``); so a resumed run, or one split differently over processes, sees the same
-batches and learning rates at every step.
+Everything about devices, processes and precision goes through the Accelerator. What the loop owns
+itself is the data (a pure function of seed and step, see ``gpt.data``), the learning-rate schedule
+(a pure function of the step) and the checkpoint layout (``gpt.checkpoint``); so a resumed run, or
+one split differently over processes, sees the same batches and learning rates at every step.
+
+Each concern the loop calls on has its own module: ``gpt.accelerator`` (the Accelerator, device
+settings), ``gpt.run_data`` (the data, the resolved model config), ``gpt.step`` (one optimizer
+step), ``gpt.step_plan`` (what the end of a step does: log, evaluate, stop, save), ``gpt.evaluation``
+(in-loop and final evaluation, one loss core), ``gpt.resume`` (saving and resuming checkpoints).
 """
 
 from __future__ import annotations
@@ -153,9 +156,8 @@ def setup(cfg: Config) -> Run:
     else:
         state = resume.RunState()
         set_seed(cfg.seed, device_specific=True)  # dropout differs between processes
-    source = sources[0]
     return Run(
-        cfg, accelerator, model, optimizer, tokenizer, source.train, source.val, accum, micro,
+        cfg, accelerator, model, optimizer, tokenizer, sources[0].train, sources[0].val, accum, micro,
         start_step=state.step, wandb_id=state.wandb_id, wandb_mode=mode, resumed_metrics=state.metrics,
         elapsed_s=state.elapsed_s, guard=spike_guard(t, accelerator.mixed_precision, state.spike_guard),
         mixture=Mixture(sources, cfg.seed, model_cfg.block_size),
