@@ -110,6 +110,7 @@ def loss_totals(
     that sharded models run together. Without an accelerator: one process, the model's device."""
     device = accelerator.device if accelerator else next(model.parameters()).device
     totals = torch.zeros(3, dtype=torch.float64, device=device)
+    byte_lengths = byte_lengths.to(device) if byte_lengths is not None else None
     was_training = model.training
     model.eval()
     with accelerator.autocast() if accelerator else contextlib.nullcontext():
@@ -120,7 +121,7 @@ def loss_totals(
             totals[0] += nll.double().sum()
             totals[1] += real.sum()
             if byte_lengths is not None:
-                totals[2] += byte_lengths.to(device)[y.flatten()[real]].sum()
+                totals[2] += byte_lengths[y.flatten()[real]].sum()
     model.train(was_training)
     return accelerator.reduce(totals, reduction="sum") if accelerator else totals
 

@@ -53,5 +53,7 @@ def fault_point(phase: str, step: int | None = None) -> None:
 def _applies(limit: str) -> bool:
     """Whether a ``rank=R`` or ``attempt=A`` limit holds for this process."""
     key, _, value = limit.partition("=")
-    env = {"rank": "RANK", "attempt": "TORCHELASTIC_RESTART_COUNT"}[key]
+    env = {"rank": "RANK", "attempt": "TORCHELASTIC_RESTART_COUNT"}.get(key)
+    if env is None:
+        raise ValueError(f"{FAULT_ENV}: unknown limit {limit!r}; use rank=R or attempt=A")
     return os.environ.get(env, "0") == value
