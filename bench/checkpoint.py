@@ -44,7 +44,7 @@ def one_step(run: trainer.Run, step: int) -> float:
     start = time.perf_counter()
     batches = BatchStream(
         run.train_data, seed=cfg.seed, block_size=cfg.model.block_size, batch_size=cfg.train.batch_size,
-        micro_batch_size=cfg.train.micro_batch_size, rank=0, world=1, start_step=step,
+        micro_batch_size=run.micro_batch_size, rank=0, world=1, start_step=step,
     )  # fmt: skip
     for x, y in batches.next_step():
         with accelerator.accumulate(run.model):
