@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from gpt import checkpoint, trainer
+from gpt import checkpoint, resume, trainer
 from gpt.config import load_config
+from gpt.data import BatchStream
 
 MODELS = {
     "default": [],
@@ -41,9 +42,9 @@ def one_step(run: trainer.Run, step: int) -> float:
     """One optimizer step of the training loop's shape; returns its seconds."""
     cfg, accelerator = run.cfg, run.accelerator
     start = time.perf_counter()
-    batches = trainer.BatchStream(
+    batches = BatchStream(
         run.train_data, seed=cfg.seed, block_size=cfg.model.block_size, batch_size=cfg.train.batch_size,
-        micro_batch_size=cfg.train.micro_batch_size, rank=0, world=1, start_step=step,
+        micro_batch_size=run.micro_batch_size, rank=0, world=1, start_step=step,
     )  # fmt: skip
     for x, y in batches.next_step():
         with accelerator.accumulate(run.model):
@@ -72,12 +73,12 @@ def main() -> None:
     saves, loads, size = [], [], 0
     for i in range(args.repeat):
         start = time.perf_counter()
-        folder = trainer.save(run, 100 + i, None, {})
+        folder = resume.save(run, 100 + i, None, {})
         saves.append(time.perf_counter() - start)
         size = folder_bytes(folder)
         start = time.perf_counter()
         checkpoint.verify(folder)  # what a resume does first (on the main process)
-        trainer.restore(run.accelerator, folder, run.model_cfg, run.tokenizer)
+        resume.restore(run.accelerator, folder, run.cfg, run.tokenizer)
         loads.append(time.perf_counter() - start)
     shutil.rmtree(work)
 

@@ -10,7 +10,7 @@
    (one per ``log_interval`` steps, evaluation and checkpoint time excluded), leaving out the first.
    Scaling efficiency = tokens/s of 2 processes / (2 x tokens/s of 1 process with 1 thread).
 
-2. Accumulate overhead. In one process, the training step as ``gpt/trainer.py`` runs it at
+2. Accumulate overhead. In one process, the training step as ``gpt/step.py`` runs it at
    accumulation 1 (``accelerator.accumulate``, ``accelerator.backward``, ``accelerator.clip_grad_norm_``,
    optimizer step inside the context) against a plain PyTorch step (``loss.backward()``,
    ``torch.nn.utils.clip_grad_norm_``), on the default model and real batches. Trials of each
@@ -123,7 +123,7 @@ def accumulate_overhead(trials: int, steps_per_trial: int, work: Path) -> None:
     model_a, opt_a = accelerator.prepare(model_a, opt_a)
     model_p, opt_p = fresh()
 
-    def accumulate_step(x: torch.Tensor, y: torch.Tensor) -> None:  # as in gpt/trainer.py
+    def accumulate_step(x: torch.Tensor, y: torch.Tensor) -> None:  # as in gpt/step.py
         with accelerator.accumulate(model_a):
             _, loss = model_a(x, y)
             accelerator.backward(loss)

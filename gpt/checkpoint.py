@@ -22,17 +22,14 @@ Weights are safetensors and metadata is JSON. ``optimizer.bin``, ``scaler.pt`` a
 ``torch.load(weights_only=True)``: that unpickler rebuilds tensors, numbers and plain containers
 only (plus numpy's random state, which accelerate allows for the RNG files) and runs no code.
 
-Tests inject faults at named points of a save or a resume through ``GPT_FAULT`` (see
-``fault_point``); nothing else reads it.
+Tests inject faults at named points of a save or a resume through ``gpt.faults.fault_point``.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +38,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gpt import __version__
-from gpt.config import ModelConfig, architecture_fields, model_config_from_dict, to_dict, train_command
+from gpt.config import ModelConfig, architecture_fields, model_config_from_dict, to_dict
 from gpt.durable import atomic_write_text, fsync_dir, hash_once
 from gpt.errors import UserError
-from gpt.model import build_model
-from gpt.tokenizer import Tokenizer, load_tokenizer, save_tokenizer
+from gpt.faults import fault_point
+from gpt.tokenizer import Tokenizer, save_tokenizer
 
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
 EXPORT_DIR = "model"
 FORMAT_VERSION = 1  # of the checkpoint layout; raise it when a change makes older code misread a checkpoint
-FAULT_ENV = "GPT_FAULT"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile
 
 
@@ -73,30 +69,6 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 class NewerFormatError(UserError):
     """A checkpoint or export written by a newer gpt: refused, never skipped over as damaged."""
-
-
-def fault_point(phase: str, step: int | None = None) -> None:
-    """A declared fault-injection point, for the reliability tests; does nothing unless asked.
-
-    ``GPT_FAULT=PHASE[@STEP]:ACTION[,...]`` makes the point named PHASE (at STEP, or at any step)
-    ``kill`` this process with SIGKILL, raise ``enospc`` (a full disk) or ``crash`` (RuntimeError).
-    Phases: train.step, save.begin, save.state, save.export, save.manifest, save.publish,
-    save.latest, save.rotate, resume.verify, resume.load.
-    """
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    for fault in spec.split(","):
-        where, _, action = fault.rpartition(":")
-        name, _, at = where.partition("@")
-        if name != phase or (at and step != int(at)):
-            continue
-        if action == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        if action == "enospc":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"(injected at {phase})")
-        if action == "crash":
-            raise RuntimeError(f"injected crash at {phase}")
 
 
 def write_manifest(folder: Path) -> None:
@@ -351,65 +323,6 @@ def load_into(model: torch.nn.Module, path: Path) -> None:
     except RuntimeError as e:
         first = str(e).splitlines()[0:3]
         raise UserError(f"weights in {path} do not fit the model: {' '.join(first)}") from None
-
-
-def resolve_export(path: str | Path) -> Path:
-    """The export folder for a run directory, a checkpoint folder, or an export folder itself."""
-    path = Path(path)
-    if (path / "config.json").is_file() and (path / WEIGHTS).is_file():
-        return path
-    if (path / EXPORT_DIR / "config.json").is_file():
-        return path / EXPORT_DIR
-    latest = latest_checkpoint(path)
-    if latest is not None:
-        return latest / EXPORT_DIR
-    if not path.exists():
-        raise UserError(f"{path} does not exist; give the out_dir of a training run, a checkpoint or a model folder")
-    raise UserError(f"no checkpoint in {path}; train first ({train_command(path)}) or give another run")
-
-
-def load_exported(path: str | Path) -> tuple[torch.nn.Module, Tokenizer, dict[str, Any]]:
-    """A plain model (eval mode, CPU, fp32), its tokenizer and its metadata, from an export.
-
-    Needs no lock on a run being trained: checkpoints appear whole (renamed into place) and vanish
-    whole (renamed away); when rotation removes the one being read, the newest one is read instead.
-    """
-    attempts = 10
-    for attempt in range(attempts):
-        folder = resolve_export(path)
-        try:
-            return _load_export_folder(folder)
-        except (UserError, OSError):
-            if folder.exists() or attempt == attempts - 1:  # still there: really damaged, not rotated away
-                raise
-    raise AssertionError("unreachable")
-
-
-def _load_export_folder(folder: Path) -> tuple[torch.nn.Module, Tokenizer, dict[str, Any]]:
-    if (folder.parent / MANIFEST).is_file():
-        verify(folder.parent, only=EXPORT_DIR + "/")
-    config = folder / "config.json"
-    try:
-        meta = json.loads(config.read_bytes().decode("utf-8"))
-        check_format(meta.get("format_version", 1), meta.get("written_by"), config)
-        model_cfg = model_config_from_dict(meta["model"])
-    except UserError as e:
-        raise UserError(f"{config}: {e}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
-        raise UserError(f"{config} is not a valid model config ({type(e).__name__}: {e})") from None
-    tokenizer = load_tokenizer(folder / "tokenizer.json")
-    if tokenizer.identity != meta.get("tokenizer") or tokenizer.vocab_size > model_cfg.vocab_size:
-        raise UserError(
-            f"{folder / 'tokenizer.json'} ({tokenizer.identity}) is not the tokenizer this model was trained with "
-            f"({meta.get('tokenizer')})"
-        )
-    try:
-        model = build_model(model_cfg)
-    except (ValueError, AssertionError, RuntimeError) as e:
-        raise UserError(f"{config} describes no buildable model ({type(e).__name__}: {e})") from None
-    load_into(model, folder / WEIGHTS)
-    model.eval()
-    return model, tokenizer, meta
 
 
 def check_same_model(saved: dict[str, Any], current: ModelConfig, folder: Path) -> None:

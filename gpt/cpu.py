@@ -102,3 +102,16 @@ def training_precision(
         f"mixed precision bf16 -> fp32: {cpu_model()} has no native bf16 (AVX512-BF16 or AMX), and {found.reason}; "
         "train.cpu_bf16=always keeps bf16"
     )
+
+
+def cpu_threads(requested: int, local_processes: int) -> int:
+    """Threads per process on CPU: as requested, else the physical cores this process may run on,
+    shared out over the processes of this machine. accelerate launch sets OMP_NUM_THREADS=1 for a
+    CPU run unless told otherwise, which would leave all but one core idle."""
+    if requested > 0:
+        return requested
+    import psutil
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = min(usable, psutil.cpu_count(logical=False) or usable)
+    return max(1, cores // max(1, local_processes))

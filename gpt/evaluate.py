@@ -28,9 +28,9 @@ def main(argv: list[str]) -> int:
     import torch  # after the flags: --help and a bad flag answer before torch loads
     from accelerate import Accelerator
 
-    from gpt import checkpoint as ckpt
     from gpt.data import TokenStream, split_files
     from gpt.evaluation import dataset_of, evaluate_split, format_table, run_directory, token_byte_lengths, write_json
+    from gpt.export import load_exported, resolve_export
     from gpt.paths import folder_problem
 
     launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -43,8 +43,8 @@ def main(argv: list[str]) -> int:
         from gpt.lm_eval_model import run_lm_eval
 
         return run_lm_eval(cfg, run_directory)
-    export = ckpt.resolve_export(cfg.out_dir)
-    model, tokenizer, meta = ckpt.load_exported(export)
+    export = resolve_export(cfg.out_dir)
+    model, tokenizer, meta = load_exported(export)
     if cfg.task:
         from gpt.hellaswag import run_task
 

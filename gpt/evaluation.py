@@ -23,9 +23,11 @@ counts 0 bytes, its prediction still counts in the loss.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,9 @@ import torch
 from accelerate import Accelerator
 
 from gpt import checkpoint as ckpt
-from gpt.data import TokenStream
+from gpt.data import TokenStream, eval_window_starts, to_inputs_targets
 from gpt.errors import UserError
+from gpt.mixture import Mixture
 from gpt.prepared import ensure_dataset
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer
 
@@ -94,6 +97,35 @@ def window_batch(data: TokenStream, windows: list[int], block_size: int) -> tupl
 
 
 @torch.no_grad()
+def loss_totals(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    accelerator: Accelerator | None = None,
+    byte_lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The loss core of every evaluation: run ``model`` over ``batches`` of inputs and targets (-1:
+    ignored) in eval mode, without gradients, under the accelerator's autocast; returns float64
+    (sum of -ln p, predicted tokens, their UTF-8 bytes) summed over every process (bytes 0 without
+    ``byte_lengths``). Every process must pass the same number of batches: each one is a forward pass
+    that sharded models run together. Without an accelerator: one process, the model's device."""
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    byte_lengths = byte_lengths.to(device) if byte_lengths is not None else None
+    was_training = model.training
+    model.eval()
+    with accelerator.autocast() if accelerator else contextlib.nullcontext():
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            _, nll = model(x, y, reduction="none")  # (B, T) float32, 0 where ignored
+            real = y.flatten() != -1
+            totals[0] += nll.double().sum()
+            totals[1] += real.sum()
+            if byte_lengths is not None:
+                totals[2] += byte_lengths[y.flatten()[real]].sum()
+    model.train(was_training)
+    return accelerator.reduce(totals, reduction="sum") if accelerator else totals
+
+
 def evaluate_split(
     model: torch.nn.Module,
     data: TokenStream,
@@ -105,7 +137,6 @@ def evaluate_split(
     """The full pass described in the module doc. Without an accelerator: one process, the model's device."""
     world = accelerator.num_processes if accelerator else 1
     rank = accelerator.process_index if accelerator else 0
-    device = accelerator.device if accelerator else next(model.parameters()).device
     if len(data) < 2:
         raise UserError(f"{data.files[0].path} holds {len(data)} token(s); evaluation needs at least 2")
     n_windows = num_windows(len(data), block_size)
@@ -113,22 +144,8 @@ def evaluate_split(
     per_process = math.ceil(n_windows / world)
     rows = min(batch_size, per_process)  # windows per pass: every pass the same shape (one compilation)
     mine += [-1] * (math.ceil(per_process / rows) * rows - len(mine))  # the same passes on every process
-    byte_lengths = byte_lengths.to(device)
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # sum of -ln p, tokens, bytes
-    was_training = model.training
-    model.eval()
-    for lo in range(0, per_process, rows):
-        x, y = window_batch(data, mine[lo : lo + rows], block_size)
-        x, y = x.to(device), y.to(device)
-        _, nll = model(x, y, reduction="none")  # (B, T) float32, 0 where ignored
-        real = y.flatten() != -1
-        totals[0] += nll.double().sum()
-        totals[1] += real.sum()
-        totals[2] += byte_lengths[y.flatten()[real]].sum()
-    model.train(was_training)
-    if accelerator is not None:
-        totals = accelerator.reduce(totals, reduction="sum")
-    nll_sum, tokens, n_bytes = totals.tolist()
+    batches = (window_batch(data, mine[lo : lo + rows], block_size) for lo in range(0, per_process, rows))
+    nll_sum, tokens, n_bytes = loss_totals(model, batches, accelerator, byte_lengths).tolist()
     loss = nll_sum / tokens
     return EvalResult(
         loss=loss,
@@ -140,6 +157,47 @@ def evaluate_split(
         block_size=block_size,
         processes=world,
     )
+
+
+def sampled_losses(
+    model: torch.nn.Module,
+    splits: Iterable[tuple[str, TokenStream]],
+    seed: int,
+    windows: int,
+    block_size: int,
+    batch_size: int,
+    accelerator: Accelerator,
+) -> dict[str, float]:
+    """The evaluation during training: mean loss (``NAME/loss``) over ``windows`` fixed windows of
+    each split (``gpt.data.eval_window_starts``), shared out over the processes.
+
+    Every process runs the same number of passes, padding its share with ignored windows; the result
+    does not depend on the number of processes. Every pass has the same batch shape, so a compiled
+    model compiles evaluation once.
+    """
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_rank = math.ceil(windows / world)
+    rows = min(batch_size, per_rank)  # windows per pass, the last pass padded up to it
+    out = {}
+    for split_id, (name, data) in enumerate(splits):
+        starts = eval_window_starts(seed, split_id, windows, len(data), block_size)
+        mine = list(starts[rank::world])
+        padded = mine + [starts[0]] * (math.ceil(per_rank / rows) * rows - len(mine))  # any window, ignored
+        batches = (
+            start_batch(data, padded[lo : lo + rows], min(rows, max(0, len(mine) - lo)), block_size)
+            for lo in range(0, per_rank, rows)
+        )
+        nll_sum, tokens, _ = loss_totals(model, batches, accelerator).tolist()
+        out[f"{name}/loss"] = nll_sum / tokens
+    return out
+
+
+def start_batch(data: TokenStream, starts: list[int], real: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets (B, T) of the windows at token offsets ``starts``; targets of the rows
+    after the first ``real`` (padding) are -1, ignored."""
+    x, y = to_inputs_targets(data.windows(starts, block_size + 1))
+    y[real:] = -1
+    return x, y
 
 
 def format_table(result: EvalResult, title: str) -> str:
@@ -220,3 +278,21 @@ def dataset_of(export: Path, accelerator: Accelerator) -> Path:
     data_cfg = ckpt.read_trainer_state(export.parent)["config"]["data"]
     with accelerator.local_main_process_first():  # one process per machine prepares a missing built-in set
         return ensure_dataset(data_cfg["root"], data_cfg["dataset"])
+
+
+def final_evaluations(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    mixture: Mixture,
+    tokenizer: Tokenizer,
+    block_size: int,
+    batch_size: int,
+    out_dir: str | Path,
+    step: int,
+) -> dict[str, float]:
+    """``final_evaluation`` of every val split of the run's data (each dataset of a mixture), with
+    the mixture's weighted means."""
+    final: dict[str, float] = {}
+    for label, data in mixture.final_splits():
+        final |= final_evaluation(accelerator, model, data, tokenizer, block_size, batch_size, out_dir, step, label)
+    return mixture.with_weighted_means(final)

@@ -34,8 +34,8 @@ from typing import Literal, get_args
 import torch
 from torch.nn import functional as F
 
-from gpt.checkpoint import load_exported
 from gpt.errors import UserError
+from gpt.export import load_exported
 from gpt.tokenizer import Tokenizer
 
 ContextMode = Literal["auto", "exact", "fast", "rolling"]

@@ -189,9 +189,10 @@ def export(src: str | Path, out_dir: str | Path) -> float:
     """Write ``out_dir`` as a transformers GPT-2 from a run, checkpoint or export folder; returns the
     largest absolute difference between its logits and ours on a probe batch (checked below 1e-4)."""
     from gpt import checkpoint as ckpt
+    from gpt.export import load_exported
 
     require_transformers()
-    model, tokenizer, _ = ckpt.load_exported(src)
+    model, tokenizer, _ = load_exported(src)
     check_exportable(model.cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -161,8 +161,8 @@ def run_lm_eval(cfg, run_directory) -> int:
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import make_table
 
-    from gpt import checkpoint as ckpt
     from gpt.errors import UserError
+    from gpt.export import resolve_export
 
     names = [name.strip() for name in cfg.lm_eval.split(",") if name.strip()]
     if cfg.include_path and not Path(cfg.include_path).is_dir():
@@ -174,7 +174,7 @@ def run_lm_eval(cfg, run_directory) -> int:
             f"lm_eval knows no task {', '.join(map(repr, unknown))}; list them with `lm_eval ls tasks`, or add "
             "--include_path for a folder of your own task YAML files"
         )
-    export = ckpt.resolve_export(cfg.out_dir)
+    export = resolve_export(cfg.out_dir)
     dtype = {"no": "float32", "bf16": "bfloat16", "fp16": "float16"}[cfg.mixed_precision]
     model = GPTLM(str(export), dtype=dtype, batch_size=cfg.batch_size)
     results = simple_evaluate(model=model, tasks=names, limit=cfg.limit or None, task_manager=manager)

@@ -20,6 +20,9 @@ import statistics
 from collections import deque
 from typing import Any
 
+from gpt.config import TrainConfig
+from gpt.errors import UserError
+
 
 class SpikeGuard:
     """Decides, step by step, whether an update is a spike to skip."""
@@ -61,3 +64,13 @@ class SpikeGuard:
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps, to resume the same guard."""
         return {"losses": list(self.losses), "grad_norms": list(self.grad_norms), "skipped": self.skipped}
+
+
+def spike_guard(t: TrainConfig, mixed_precision: str, state: dict[str, Any] | None) -> SpikeGuard | None:
+    """The guard train.spike_* asks for (None when off), continuing a checkpoint's window and count."""
+    guard = SpikeGuard(t.spike_loss_ratio, t.spike_grad_ratio, t.spike_window, state)
+    if not guard.enabled:
+        return None
+    if mixed_precision == "fp16":  # a skipped step would leave the gradient scaler mid-step
+        raise UserError("the spike guard (train.spike_*) does not work with fp16; use bf16, or turn the guard off")
+    return guard

@@ -1,11 +1,14 @@
-"""The training loop, built on ``accelerate.Accelerator``.
+"""The training loop, built on ``accelerate.Accelerator``: the set-up and the loop.
 
-Everything about devices, processes and precision goes through the Accelerator: ``prepare``,
-``accumulate``, ``backward``, ``clip_grad_norm_``, ``reduce``, ``save_state``/``load_state`` and the
-W&B tracker. What the loop owns itself is the data (a pure function of seed and step, see
-``gpt.data``), the learning-rate schedule (a pure function of the step) and the checkpoint layout
-(``gpt.checkpoint``); so a resumed run, or one split differently over processes, sees the same
-batches and learning rates at every step.
+Everything about devices, processes and precision goes through the Accelerator. What the loop owns
+itself is the data (a pure function of seed and step, see ``gpt.data``), the learning-rate schedule
+(a pure function of the step) and the checkpoint layout (``gpt.checkpoint``); so a resumed run, or
+one split differently over processes, sees the same batches and learning rates at every step.
+
+Each concern the loop calls on has its own module: ``gpt.accelerator`` (the Accelerator, device
+settings), ``gpt.run_data`` (the data, the resolved model config), ``gpt.step`` (one optimizer
+step), ``gpt.step_plan`` (what the end of a step does: log, evaluate, stop, save), ``gpt.evaluation``
+(in-loop and final evaluation, one loss core), ``gpt.resume`` (saving and resuming checkpoints).
 """
 
 from __future__ import annotations
@@ -17,57 +20,35 @@ import string
 import sys
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import (
-    DistributedType,
-    GradientAccumulationPlugin,
-    InitProcessGroupKwargs,
-    ProjectConfiguration,
-    set_seed,
-)
+from accelerate.utils import DistributedType, set_seed
 
-from gpt import activation_checkpointing, collective, cpu, fsdp, guards, hf, perf, precision, resume, runfiles, signals
-from gpt import checkpoint as ckpt
+from gpt import activation_checkpointing, collective, fsdp, guards, hf, perf, resume, runfiles, signals
+from gpt.accelerator import build_accelerator
 from gpt.budget import TimeBudget
-from gpt.config import Config, ModelConfig, TrainConfig, resume_changes, to_dict
-from gpt.data import BatchStream, DocumentStarts, TokenStream, eval_window_starts, split_files, to_inputs_targets
-from gpt.errors import UserError
-from gpt.evaluation import final_evaluation, final_evaluation_done
+from gpt.config import Config, ModelConfig, TrainConfig, to_dict
+from gpt.data import TokenStream
+from gpt.evaluation import final_evaluation_done, final_evaluations, sampled_losses
+from gpt.faults import fault_point
 from gpt.hellaswag import InLoopTasks
 from gpt.memory import check_model_fits
-from gpt.mixture import Mixture, Source, describe_data, parse_mixture
+from gpt.mixture import Mixture, describe_data
 from gpt.model import build_model, num_params
-from gpt.optim import build_optimizer, set_lr
+from gpt.optim import build_optimizer
 from gpt.plan import accumulation_steps, resolve_micro_batch
 from gpt.plot import record_at_step
-from gpt.prepared import ensure_dataset
+from gpt.run_data import open_data, resolve_model_config
 from gpt.schedule import lr_at
-from gpt.spike import SpikeGuard
-from gpt.tokenizer import Tokenizer, load_tokenizer
+from gpt.spike import SpikeGuard, spike_guard
+from gpt.step import batch_stream, train_step
+from gpt.step_plan import step_plan
+from gpt.tokenizer import Tokenizer
 from gpt.tracking import Tracking, start_wandb
-
-# ----------------------------------------------------------------------------------------------
-# Pure helpers: derived sizes, learning rate, parameter groups
-
-
-def cpu_threads(requested: int, local_processes: int) -> int:
-    """Threads per process on CPU: as requested, else the physical cores this process may run on,
-    shared out over the processes of this machine. accelerate launch sets OMP_NUM_THREADS=1 for a
-    CPU run unless told otherwise, which would leave all but one core idle."""
-    if requested > 0:
-        return requested
-    import psutil
-
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    cores = min(usable, psutil.cpu_count(logical=False) or usable)
-    return max(1, cores // max(1, local_processes))
-
 
 # ----------------------------------------------------------------------------------------------
 # W&B
@@ -113,12 +94,11 @@ def wandb_mode(mode: str) -> str:
 class Run:
     """What the loop needs, set up once."""
 
-    cfg: Config
+    cfg: Config  # its model section resolved (vocab_size, a pretrained architecture): the one ModelConfig
     accelerator: Accelerator
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     tokenizer: Tokenizer
-    model_cfg: ModelConfig
     train_data: TokenStream
     val_data: TokenStream
     accum: int
@@ -133,101 +113,25 @@ class Run:
     watch: guards.FiniteWatch  # non-finite steps, checked before every save
     lock: runfiles.RunLock  # the out_dir, held by the main process while it trains
 
+    @property
+    def model_cfg(self) -> ModelConfig:
+        return self.cfg.model
+
 
 def print0(accelerator: Accelerator, *args: Any) -> None:
     if accelerator.is_main_process:
         print(*args, flush=True)
 
 
-def open_dataset(cfg: Config, accelerator: Accelerator, name: str) -> tuple[Tokenizer, TokenStream, TokenStream]:
-    """The tokenizer and the train and val streams of dataset ``name`` under data.root."""
-    # A missing built-in dataset is prepared by the main process first (data.root on a filesystem the
-    # machines share is then ready for all), then by each machine's first process (node-local disks).
-    with accelerator.main_process_first(), accelerator.local_main_process_first():
-        folder = ensure_dataset(cfg.data.root, name)
-    tokenizer = load_tokenizer(folder / "tokenizer.json")
-    streams = []
-    for split in ("train", "val"):
-        stream = TokenStream(split_files(folder, split))
-        if stream.identity != tokenizer.identity:
-            raise UserError(
-                f"{stream.files[0].path} was made by tokenizer {stream.identity!r} but {folder / 'tokenizer.json'} "
-                f"is {tokenizer.identity!r}; re-run prepare for {folder}"
-            )
-        stream.check_fits(cfg.model.block_size)
-        streams.append(stream)
-    return tokenizer, streams[0], streams[1]
-
-
-def open_data(cfg: Config, accelerator: Accelerator) -> tuple[Tokenizer, list[Source]]:
-    """data.dataset, or every dataset of data.mixture (which must share one tokenizer)."""
-    weighted = parse_mixture(cfg.data.mixture) if cfg.data.mixture else [(cfg.data.dataset, 1.0)]
-    sources, tokenizers = [], []
-    for name, weight in weighted:
-        tokenizer, train, val = open_dataset(cfg, accelerator, name)
-        if tokenizers and tokenizer.identity != tokenizers[0].identity:
-            raise UserError(
-                f"data.mixture mixes tokenizers: {sources[0].name} was made by {tokenizers[0].identity!r} and {name} "
-                f"by {tokenizer.identity!r}; prepare every dataset of a mixture with one tokenizer"
-            )
-        documents = (
-            DocumentStarts(train, tokenizer.eot_id, cfg.model.block_size) if cfg.data.align == "document" else None
-        )
-        sources.append(Source(name, weight, train, val, documents))
-        tokenizers.append(tokenizer)
-    return tokenizers[0], sources
-
-
 def setup(cfg: Config) -> Run:
     t = cfg.train
     mode = wandb_mode(cfg.wandb.mode)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    precision, precision_note = cpu.training_precision(t.mixed_precision, t.cpu_bf16, on_cpu)  # emulated bf16: fp32
-    accelerator = Accelerator(
-        # Several processes and no GPU: run them on CPU over gloo (accelerate's multi-process
-        # launcher does not pass use_cpu from a config file on to the processes).
-        cpu=launched > 1 and not torch.cuda.is_available(),
-        mixed_precision=precision,  # None: the launch's
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1, sync_with_dataloader=False),
-        log_with="wandb" if mode != "disabled" else None,
-        project_config=ProjectConfiguration(project_dir=cfg.out_dir, automatic_checkpoint_naming=False),
-        dynamo_backend="inductor" if t.compile else "no",
-        step_scheduler_with_optimizer=False,
-        fsdp_plugin=fsdp.accelerate_plugin(t.activation_checkpointing) if fsdp.fsdp_requested() else None,
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=t.collective_timeout_s))],
-    )
-    if precision_note:
-        print0(accelerator, precision_note)
-    if accelerator.num_processes != launched:
-        raise UserError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}")
+    accelerator = build_accelerator(t, cfg.out_dir, log_with="wandb" if mode != "disabled" else None)
     device = accelerator.device
-    if accelerator.mixed_precision == "fp16" and device.type != "cuda":
-        raise UserError(
-            "mixed precision fp16 (from train.mixed_precision or the launch) needs a CUDA GPU; on CPU use bf16 or no"
-        )
-    fsdp.check_fsdp_runs(accelerator)
-    fsdp.set_mixed_precision(accelerator)  # FSDP: bf16/fp16 compute, fp32 gradient reduction
     lock = runfiles.lock_run_dir(cfg.out_dir, enabled=accelerator.is_main_process)  # one training per out_dir
-    if accelerator.distributed_type == DistributedType.FSDP and t.optimizer == "muon":
-        # Muon orthogonalises whole matrices; FSDP hands each process a shard of every matrix
-        raise UserError("train.optimizer=muon does not work with FSDP (sharded matrices); use adamw or DDP")
-    perf.set_matmul_precision(t.matmul_precision, device)  # 'auto': TF32 tensor cores on CUDA, full fp32 on CPU
-    if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = True
-    if device.type == "cpu":
-        torch.set_num_threads(cpu_threads(t.cpu_threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
     tokenizer, sources = open_data(cfg, accelerator)
-    train_data, val_data = sources[0].train, sources[0].val
-    if cfg.model.init_from:  # the architecture is the pretrained model's (gpt.hf)
-        with accelerator.local_main_process_first():
-            print0(accelerator, hf.adopt_architecture(cfg.model, tokenizer))
-    model_cfg = ModelConfig(**to_dict(cfg.model))
-    if model_cfg.vocab_size == 0:
-        model_cfg.vocab_size = tokenizer.vocab_size
-    for data in (stream for source in sources for stream in (source.train, source.val)):
-        data.check_model(model_cfg.vocab_size)
+    model_cfg = resolve_model_config(cfg, tokenizer, sources, accelerator)
     sharded = accelerator.distributed_type == DistributedType.FSDP
     micro, why = resolve_micro_batch(t, model_cfg, accelerator.num_processes, perf.device_memory_bytes(device),
                                      accelerator.mixed_precision, sharded)  # fmt: skip
@@ -239,93 +143,26 @@ def setup(cfg: Config) -> Run:
     resume_from = resume.resume_point(cfg.out_dir, cfg.resume, accelerator)
     set_seed(cfg.seed)  # identical initial weights on every process
     model = build_model(model_cfg)
-    if cfg.model.init_from and resume_from is None:
+    if model_cfg.init_from and resume_from is None:
         with accelerator.local_main_process_first():
-            hf.load_pretrained(model, cfg.model.init_from)
+            hf.load_pretrained(model, model_cfg.init_from)
     model = model.to(device)
     optimizer = build_optimizer(model, t, device)
     activation_checkpointing.apply(accelerator, model, t.activation_checkpointing, model_cfg.dropout)
     model, optimizer = accelerator.prepare(model, optimizer)
-    register_weight_hooks(accelerator)
-
-    resumed: dict[str, Any] = {}
+    resume.register_weight_hooks(accelerator)
     if resume_from is not None:
-        resumed = restore(accelerator, resume_from, model_cfg, tokenizer)
-        if changes := resume_changes(resumed["config"], cfg):  # e.g. a new learning rate: said, not silent
-            print0(accelerator, changes)
+        state = resume.restore(accelerator, resume_from, cfg, tokenizer)
     else:
+        state = resume.RunState()
         set_seed(cfg.seed, device_specific=True)  # dropout differs between processes
     return Run(
-        cfg,
-        accelerator,
-        model,
-        optimizer,
-        tokenizer,
-        model_cfg,
-        train_data,
-        val_data,
-        accum,
-        micro,
-        start_step=int(resumed.get("step", 0)),
-        wandb_id=resumed.get("wandb_id"),
-        wandb_mode=mode,
-        resumed_metrics=resumed.get("metrics", {}),
-        elapsed_s=float(resumed.get("elapsed_s", 0.0)),
-        guard=spike_guard(t, accelerator, resumed.get("spike_guard")),
-        mixture=Mixture(sources, cfg.seed, cfg.model.block_size),
-        watch=guards.FiniteWatch(device, fp16=accelerator.mixed_precision == "fp16"),
-        lock=lock,
-    )
-
-
-def spike_guard(t: TrainConfig, accelerator: Accelerator, state: dict | None) -> SpikeGuard | None:
-    """The spike guard the config asks for (None when off), continuing a checkpoint's window and count."""
-    guard = SpikeGuard(t.spike_loss_ratio, t.spike_grad_ratio, t.spike_window, state)
-    if not guard.enabled:
-        return None
-    if accelerator.mixed_precision == "fp16":  # a skipped step would leave the gradient scaler mid-step
-        raise UserError("the spike guard (train.spike_*) does not work with fp16; use bf16, or turn the guard off")
-    return guard
-
-
-def register_weight_hooks(accelerator: Accelerator) -> None:
-    """Make save_state/load_state keep weights under plain names (no ``module.``/``_orig_mod.``),
-    so a checkpoint loads whatever wraps the model on resume: DDP or not, compiled or not."""
-
-    def save_hook(models: list, weights: list, output_dir: str) -> None:
-        for i, state in enumerate(weights):
-            weights[i] = ckpt.clean_state_dict(state)
-
-    def load_hook(models: list, input_dir: str) -> None:
-        for m in models:
-            ckpt.load_into(accelerator.unwrap_model(m, keep_torch_compile=False), Path(input_dir) / ckpt.WEIGHTS)
-        models.clear()  # loaded here; accelerate loads the optimizer, scaler and RNG states
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
-def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
-    """Load a checkpoint (verified by ``resume.resume_point``) into the prepared model and optimizer;
-    returns its trainer state."""
-    state = ckpt.read_trainer_state(folder)
-    ckpt.check_same_model(state["config"]["model"] | {"vocab_size": state["vocab_size"]}, model_cfg, folder)
-    if state["tokenizer"] != tokenizer.identity:
-        raise UserError(
-            f"cannot resume from {folder}: it was trained with tokenizer {state['tokenizer']!r} but the data uses "
-            f"{tokenizer.identity!r}; use the same data.dataset as the checkpoint"
-        )
-    fsdp.check_checkpoint_fits(folder, fsdp_run=accelerator.distributed_type == DistributedType.FSDP)
-    if warning := resume.check_rng_state(folder, accelerator.process_index):
-        print(warning, file=sys.stderr, flush=True)
-    ckpt.fault_point("resume.load")
-    with precision.scaler_state_optional(accelerator, folder):  # fp16 resuming a bf16/fp32 run: fresh scaler
-        accelerator.load_state(str(folder))
-    # load_state restores accelerate's micro-step counter, counted in the saved run's accumulation
-    # steps; checkpoints fall on optimizer-step boundaries, so it restarts at zero (elastic resume).
-    accelerator.step = 0
-    print0(accelerator, f"resumed from {folder} at step {state['step']}")
-    return state
+        cfg, accelerator, model, optimizer, tokenizer, sources[0].train, sources[0].val, accum, micro,
+        start_step=state.step, wandb_id=state.wandb_id, wandb_mode=mode, resumed_metrics=state.metrics,
+        elapsed_s=state.elapsed_s, guard=spike_guard(t, accelerator.mixed_precision, state.spike_guard),
+        mixture=Mixture(sources, cfg.seed, model_cfg.block_size),
+        watch=guards.FiniteWatch(device, fp16=accelerator.mixed_precision == "fp16"), lock=lock,
+    )  # fmt: skip
 
 
 def init_tracking(run: Run) -> str | None:
@@ -362,99 +199,6 @@ def init_tracking(run: Run) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation
-
-
-@torch.no_grad()
-def evaluate(run: Run) -> dict[str, float]:
-    """Mean loss over a fixed set of windows per split, shared out over all processes and reduced.
-
-    Every process runs the same number of forward passes (sharded models need all of them), padding
-    its share with ignored windows; the result does not depend on the number of processes. Every
-    pass has the same batch shape, so a compiled model compiles evaluation once.
-    """
-    cfg, accelerator, model = run.cfg, run.accelerator, run.model
-    T, n = cfg.model.block_size, cfg.train.eval_windows
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_rank = math.ceil(n / world)
-    rows = min(run.micro_batch_size, per_rank)  # windows per pass, the last pass padded up to it
-    model.eval()
-    out = {}
-    for split_id, (name, data) in enumerate(run.mixture.eval_splits()):
-        starts = eval_window_starts(cfg.seed, split_id, n, len(data), T)
-        mine = starts[rank::world]
-        totals = torch.zeros(2, device=accelerator.device, dtype=torch.float64)  # loss sum, token count
-        for lo in range(0, per_rank, rows):
-            chunk = mine[lo : lo + rows]
-            real = len(chunk)
-            chunk = list(chunk) + [starts[0]] * (rows - real)  # padding: any window, ignored below
-            x, y = to_inputs_targets(data.windows(chunk, T + 1))
-            y[real:] = -1
-            x, y = x.to(accelerator.device), y.to(accelerator.device)
-            _, loss_sum = model(x, y, reduction="sum")
-            totals += torch.stack([loss_sum.double(), (y != -1).sum().double()])
-        totals = accelerator.reduce(totals, reduction="sum")
-        out[f"{name}/loss"] = (totals[0] / totals[1]).item()
-    model.train()
-    return run.mixture.with_weighted_means(out)
-
-
-# ----------------------------------------------------------------------------------------------
-# Saving
-
-
-def save(run: Run, step: int, wandb_id: str | None, metrics: dict[str, float], elapsed_s: float = 0.0) -> Path:
-    """Save a checkpoint of ``step``, never of a diverged state; a full disk is one line (see gpt.guards)."""
-    cfg, accelerator = run.cfg, run.accelerator
-    run.watch.check(accelerator, run.model, step, cfg.out_dir, cfg.train.learning_rate)
-    tmp = ckpt.tmp_dir(cfg.out_dir, step)
-    try:
-        return _write_checkpoint(run, tmp, step, wandb_id, metrics, elapsed_s)
-    except Exception as e:
-        failure = guards.disk_full_error(
-            e, cfg.out_dir, f"checkpoint {tmp}", tmp if accelerator.is_main_process else None
-        )
-        if failure is None:
-            raise
-        raise failure from None
-
-
-def _write_checkpoint(run: Run, tmp: Path, step: int, wandb_id: str | None, metrics: dict, elapsed_s: float) -> Path:
-    cfg, accelerator = run.cfg, run.accelerator
-    if accelerator.is_main_process:
-        ckpt.begin_save(cfg.out_dir, step)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.distributed_type == DistributedType.FSDP:  # sharded on disk: gather a full copy to export
-        full = accelerator.get_state_dict(run.model)
-        if accelerator.is_main_process:
-            ckpt.save_weights(full, tmp / ckpt.WEIGHTS)
-    ckpt.fault_point("save.state", step)
-    accelerator.wait_for_everyone()  # every process has written its files (RNG state, shards) before the rename
-    final = ckpt.checkpoints_dir(cfg.out_dir) / ckpt.step_dir_name(step)
-    if accelerator.is_main_process:
-        meta = {"step": step, "tokens_seen": step * cfg.train.batch_size * cfg.model.block_size, **metrics}
-        ckpt.write_export(tmp / ckpt.EXPORT_DIR, tmp / ckpt.WEIGHTS, run.model_cfg, run.tokenizer, meta)
-        ckpt.fault_point("save.export", step)
-        state = {
-            "step": step,
-            "config": to_dict(cfg),
-            "vocab_size": run.model_cfg.vocab_size,
-            "tokenizer": run.tokenizer.identity,
-            "world_size": accelerator.num_processes,
-            "wandb_id": wandb_id,
-            "metrics": metrics,
-            # the data position: step s of the sample stream is a function of (seed, s) alone
-            "sample_stream": {"seed": cfg.seed, "next_step": step, "batch_size": cfg.train.batch_size},
-            "elapsed_s": elapsed_s,  # wall clock spent so far, for train.time_budget_s
-            "spike_guard": run.guard.state() if run.guard else None,  # its window and skipped count
-        }
-        final = ckpt.finish_save(tmp, cfg.out_dir, step, state, cfg.train.keep_last, cfg.train.keep_best)
-    accelerator.wait_for_everyone()
-    return final
-
-
-# ----------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -464,57 +208,6 @@ class TrainResult:
     metrics: dict[str, float]  # the last logged value of each metric
     model: torch.nn.Module  # this process's trained model, unwrapped
     is_main_process: bool
-
-
-def train_step(
-    run: Run, batches: BatchStream, lr: float, guard: SpikeGuard | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step at learning rate ``lr`` over the next global batch (run.accum micro-batches).
-
-    Returns the sum of the micro-batch losses and the gradient norm before clipping as tensors:
-    reading them waits for the device, so the loop does it only at log steps. With a spike guard
-    (gpt.spike) they are read at every step, and a spike's update is dropped instead of applied.
-    """
-    accelerator, model, optimizer, t = run.accelerator, run.model, run.optimizer, run.cfg.train
-    device = accelerator.device
-    set_lr(optimizer, lr)
-    step_loss = torch.zeros((), device=device)
-    for x, y in batches.next_step():
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with accelerator.accumulate(model):
-            _, loss = model(x, y)
-            accelerator.backward(loss)
-            step_loss += loss.detach()
-            apply = True
-            if accelerator.sync_gradients:
-                max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-                if guard is not None:
-                    apply = not spike_skipped(run, guard, step_loss, grad_norm)
-            if apply:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-    return step_loss, grad_norm
-
-
-def spike_skipped(run: Run, guard: SpikeGuard, step_loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
-    """Whether the guard drops this step's update; every process reads the same reduced values."""
-    accelerator = run.accelerator
-    loss = accelerator.reduce(step_loss / run.accum, reduction="mean").item()
-    reason = guard.spike(loss, float(grad_norm))
-    if reason:
-        print0(accelerator, f"skipped an update (spike guard): {reason}")
-    return reason is not None
-
-
-def batch_stream(run: Run, start_step: int) -> BatchStream:
-    """This process's micro-batches from ``start_step`` on, made ahead on a background thread."""
-    cfg, accelerator = run.cfg, run.accelerator
-    return BatchStream(
-        run.train_data, seed=cfg.seed, block_size=cfg.model.block_size, batch_size=cfg.train.batch_size,
-        micro_batch_size=run.micro_batch_size, rank=accelerator.process_index, world=accelerator.num_processes,
-        start_step=start_step, pin_memory=accelerator.device.type == "cuda", mixture=run.mixture,
-    )  # fmt: skip
 
 
 def train(cfg: Config) -> TrainResult:
@@ -549,11 +242,7 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
     if run.start_step >= t.max_steps and (not t.final_eval or final_evaluation_done(cfg.out_dir, run.start_step)):
         print0(accelerator, f"{cfg.out_dir} is already trained to step {run.start_step} (train.max_steps is "
                             f"{t.max_steps}); raise train.max_steps to train further")  # fmt: skip
-        accelerator.end_training()
-        run.lock.release()
-        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-        done = run.resumed_metrics | record_at_step(cfg.out_dir, run.start_step)  # with the final evaluation
-        return TrainResult(run.start_step, done, unwrapped, accelerator.is_main_process)
+        return finish(run, run.start_step, run.resumed_metrics | record_at_step(cfg.out_dir, run.start_step))
     if accelerator.is_main_process:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -581,15 +270,14 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
             step += 1
             if not spiked:
                 run.watch.after_step(step_loss, grad_norm, accelerator.optimizer_step_was_skipped)
-            ckpt.fault_point("train.step", step)
+            fault_point("train.step", step)
             timer_steps += 1
             progress.update(1)
             budget.tick(step)
 
-            boundary = step == t.max_steps or budget.spent
-            evaluating = step % t.eval_interval == 0 or boundary
+            plan = step_plan(step, t.max_steps, t.log_interval, t.eval_interval, t.checkpoint_interval, budget.spent)
             record: dict[str, Any] = {}
-            if step % t.log_interval == 0 or boundary or step == 1:  # step 1: a first line at once
+            if plan.log:
                 # The exact mean over every micro-batch of every process (each has the same token count).
                 loss_mean = accelerator.reduce(step_loss / run.accum, reduction="mean").item()
                 elapsed = time.perf_counter() - timer_start
@@ -608,27 +296,23 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
                 record |= run.mixture.tokens_seen(rows_seen)
                 if not math.isfinite(loss_mean) and not spiked:
                     raise guards.diverged(cfg.out_dir, run.watch.checked_step, step, t.learning_rate)
-            if evaluating:
-                record |= {f"eval/{k}": v for k, v in evaluate(run).items()}
-                if tasks is not None:  # four endings an item: items per pass ~ sequences of a micro batch
-                    items_per_pass = max(1, run.micro_batch_size // 4)
-                    record |= tasks.evaluate(model, cfg.model.block_size, run.model_cfg.vocab_size, items_per_pass,
-                                             accelerator)  # fmt: skip
-            stopping = stop.agreed(accelerator, check=bool(record) or step % t.checkpoint_interval == 0)
+            if plan.evaluate:
+                record |= evaluate(run, tasks)
+            stopping = stop.agreed(accelerator, check=plan.check_stop)
+            plan = plan.stopping(stopping is not None)
             if record:
                 record |= {"step": step, "tokens": step * tokens_per_step}
                 last |= record
                 log(accelerator, progress, metrics_log, record, next_line_note(step, record, t))
-            if evaluating:
+            if plan.evaluate:
                 tracking.after_eval(step)
-            saving = step % t.checkpoint_interval == 0 or boundary or stopping
-            if saving:  # with this step's evaluation, if there was one (keep_best compares those)
+            if plan.save:  # with this step's evaluation, if there was one (keep_best compares those)
                 evals = {k: v for k, v in record.items() if k.startswith("eval/")}
-                path = save(run, step, wandb_id, evals, budget.elapsed())
+                path = resume.save(run, step, wandb_id, evals, budget.elapsed())
                 print0(accelerator, f"saved {path}")
-            if record or saving:  # throughput is measured over training steps only
+            if plan.reset_timer:  # throughput is measured over training steps only
                 timer_start, timer_steps = time.perf_counter(), 0
-            if stopping:
+            if plan.stop:
                 print0(accelerator, f"stopped by {stopping} at step {step}; resume with resume=auto")
                 accelerator.end_training()
                 sys.exit(signals.EXIT_PREEMPTED)
@@ -641,18 +325,33 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
         stop.deferring = False
     stop.exit_if_requested()  # came after the last check: the checkpoint is saved, the final evaluation runs on restart
     if t.final_eval:  # the full pass over val (gpt.evaluate): logged as final/val/*, written to out_dir/eval.json
-        final = {}
-        for label, data in run.mixture.final_splits():
-            final |= final_evaluation(accelerator, model, data, run.tokenizer, cfg.model.block_size,
-                                      run.micro_batch_size, cfg.out_dir, step, label)  # fmt: skip
-        final = run.mixture.with_weighted_means(final)
+        final = final_evaluations(accelerator, model, run.mixture, run.tokenizer, cfg.model.block_size,
+                                  run.micro_batch_size, cfg.out_dir, step)  # fmt: skip
         metrics_log.write(final | {"step": step, "tokens": step * tokens_per_step})
         last |= final
     tracking.finish(step, last)  # the last value of every metric, the final evaluation included, in the W&B summary
-    accelerator.end_training()
+    return finish(run, step, last)
+
+
+def finish(run: Run, step: int, metrics: dict[str, float]) -> TrainResult:
+    """End the run (trackers, the out_dir's lock); ``metrics``: the last value of each, final evaluation included."""
+    run.accelerator.end_training()
     run.lock.release()
-    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-    return TrainResult(step, last, unwrapped, accelerator.is_main_process)
+    unwrapped = run.accelerator.unwrap_model(run.model, keep_torch_compile=False)
+    return TrainResult(step, metrics, unwrapped, run.accelerator.is_main_process)
+
+
+def evaluate(run: Run, tasks: InLoopTasks | None = None) -> dict[str, float]:
+    """The in-loop evaluation: mean loss (eval/*) over train.eval_windows fixed windows of each split,
+    and the train.eval_tasks."""
+    cfg, accelerator = run.cfg, run.accelerator
+    losses = sampled_losses(run.model, run.mixture.eval_splits(), cfg.seed, cfg.train.eval_windows,
+                            cfg.model.block_size, run.micro_batch_size, accelerator)  # fmt: skip
+    record = {f"eval/{k}": v for k, v in run.mixture.with_weighted_means(losses).items()}
+    if tasks is not None:  # four endings an item: items per pass ~ sequences of a micro batch
+        items_per_pass = max(1, run.micro_batch_size // 4)
+        record |= tasks.evaluate(run.model, cfg.model.block_size, cfg.model.vocab_size, items_per_pass, accelerator)
+    return record
 
 
 def make_progress(accelerator: Accelerator, start: int, total: int):

@@ -10,9 +10,9 @@ from accelerate.utils.fsdp_utils import fsdp2_apply_ac
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
 from gpt.activation_checkpointing import apply, wrap_blocks
-from gpt.checkpoint import load_exported, resolve_export
 from gpt.config import ModelConfig, load_config
 from gpt.errors import UserError
+from gpt.export import load_exported, resolve_export
 from gpt.fsdp import accelerate_plugin
 from gpt.model import GPT
 from gpt.trainer import train

@@ -88,7 +88,7 @@ def test_readme_config_table_is_up_to_date():
 def test_cpu_threads_share_the_cores_over_the_processes_of_a_machine():
     import os
 
-    from gpt.trainer import cpu_threads
+    from gpt.cpu import cpu_threads
 
     cores = len(os.sched_getaffinity(0))
     assert cpu_threads(3, local_processes=4) == 3  # as requested

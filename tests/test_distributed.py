@@ -194,26 +194,27 @@ def test_bf16_on_cpu_trains_and_every_rank_ends_with_the_same_weights(tmp_path, 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "launcher, how",
-    [("accelerate", "raise"), ("torchrun", "exit")],
+    [("accelerate", "crash"), ("torchrun", "exit")],
     ids=["accelerate-launch-rank-raises", "torchrun-rank-dies"],
 )
 def test_a_failing_rank_ends_the_job_quickly_with_its_error(launcher, how, tmp_path, data_root):
-    script = [str(HELPERS / "fail_at_step.py"), *run_args(data_root, tmp_path / "failing")]
+    script = [str(ROOT / "train.py"), *run_args(data_root, tmp_path / "failing")]
     if launcher == "accelerate":
         cmd = ["-m", "accelerate.commands.launch", "--config_file", CPU_CONFIG, "--num_processes", "2"]
         cmd += ["--main_process_port", str(free_port()), *script]
     else:
         cmd = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), *script]
     start = time.monotonic()
+    fault = f"train.step@3:{how}:rank=1"  # rank 1 fails after step 3 (gpt.faults)
     r = subprocess.run(
-        [sys.executable, *cmd], cwd=tmp_path, env=env(FAIL_RANK="1", FAIL_STEP="3", FAIL_HOW=how),
+        [sys.executable, *cmd], cwd=tmp_path, env=env(GPT_FAULT=fault),
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     elapsed = time.monotonic() - start
     assert r.returncode != 0
     assert elapsed < 60, f"the job took {elapsed:.0f} s to end after a rank failed"
-    if how == "raise":
-        assert "RuntimeError: rank 1 failed on purpose at step 3" in r.stderr
+    if how == "crash":
+        assert "RuntimeError: injected crash at train.step step 3" in r.stderr
     else:
         assert "exitcode  : 13" in r.stderr  # the launcher names the rank that died and its exit code
     assert max(losses(tmp_path / "failing")) <= 3  # no rank trained on past the failure

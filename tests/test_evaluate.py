@@ -145,21 +145,17 @@ def test_full_pass_runs_one_batch_shape(tmp_path, shakespeare, windows, batch_si
 
 
 def test_in_loop_evaluation_runs_one_batch_shape(data_root):
-    from types import SimpleNamespace
-
     from accelerate import Accelerator
 
-    from gpt.config import load_config
-    from gpt.trainer import evaluate
+    from gpt.evaluation import sampled_losses
 
-    cfg = load_config(["model.block_size=8", "train.micro_batch_size=4", "train.batch_size=4", "train.eval_windows=10"])
     val = TokenStream(split_files(data_root / "tiny", "val"))
     model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=val.vocab_size))
     seen = InputShapes(model)
     from gpt.mixture import Mixture, Source
 
-    mixture = Mixture([Source("tiny", 1.0, val, val)], cfg.seed, block_size=8)
-    run = SimpleNamespace(cfg=cfg, accelerator=Accelerator(cpu=True), model=model, micro_batch_size=4, mixture=mixture)
-    losses = evaluate(run)
+    mixture = Mixture([Source("tiny", 1.0, val, val)], 1337, block_size=8)
+    losses = sampled_losses(model, mixture.eval_splits(), 1337, windows=10, block_size=8, batch_size=4,
+                            accelerator=Accelerator(cpu=True))  # fmt: skip
     assert seen.shapes == {(4, 8)}  # 10 windows: 4 + 4 + 2 padded to 4
     assert set(losses) == {"train/loss", "val/loss"} and 3.5 < losses["val/loss"] < 5.5

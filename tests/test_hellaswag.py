@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt import checkpoint as ckpt
 from gpt.config import ModelConfig
 from gpt.errors import UserError
+from gpt.export import load_exported
 from gpt.hellaswag import Item, evaluate_hellaswag, load_items, parse_eval_tasks, read_jsonl
 from gpt.model import build_model
 from gpt.scoring import score_pairs
@@ -105,7 +105,7 @@ def evaluate_command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_both_tokenizers_score_the_fixture(tmp_path):
     for tokenizer in (CharTokenizer("".join(chr(c) for c in range(32, 127))), GPT2Tokenizer()):
-        model, _, _ = ckpt.load_exported(random_export(tmp_path / tokenizer.identity, tokenizer, 64))
+        model, _, _ = load_exported(random_export(tmp_path / tokenizer.identity, tokenizer, 64))
         result = evaluate_hellaswag(model, tokenizer, read_jsonl(FIXTURE), 64, tokenizer.vocab_size, batch_size=3)
         assert result.items == 8 and 0.0 <= result.acc <= 1.0 and 0.0 <= result.acc_norm <= 1.0
         assert result.items_with_unknown_chars == 0

@@ -12,6 +12,7 @@ from gpt import checkpoint as ckpt
 from gpt import hf
 from gpt.config import ModelConfig, load_config
 from gpt.errors import UserError
+from gpt.export import load_exported
 from gpt.model import build_model
 from gpt.prepare import prepare_text
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer, make_tokenizer
@@ -110,7 +111,7 @@ def test_export_command_writes_a_gpt2_that_loads_offline_with_its_tokenizer(tmp_
     ids = tokenizer(text)["input_ids"]
     assert ids == GPT2Tokenizer().encode(text) and tokenizer("Hello world")["input_ids"] == [15496, 995]
     assert tokenizer.decode(ids) == text and tokenizer.eos_token == "<|endoftext|>"
-    ours, _, _ = ckpt.load_exported(src)
+    ours, _, _ = load_exported(src)
     batch = torch.tensor([ids[:32]])
     with torch.no_grad():
         assert (ours(batch)[0] - model(batch).logits).abs().max().item() < 1e-5
@@ -195,7 +196,7 @@ def test_finetune_preset_trains_resumes_and_exports_back(tmp_path, gpt2_data):
 
     r = run_module("gpt.hf", str(out), str(exported))
     assert r.returncode == 0, r.stderr
-    ours, _, meta = ckpt.load_exported(out)
+    ours, _, meta = load_exported(out)
     assert meta["step"] == 6 and ours.cfg.gelu == "exact"
     theirs = GPT2LMHeadModel.from_pretrained(str(exported), local_files_only=True).eval()
     ids = random_ids(50257, length=32)

@@ -12,6 +12,7 @@ import pytest
 
 from gpt import checkpoint as ckpt
 from gpt.errors import UserError
+from gpt.export import load_exported
 from gpt.runfiles import MetricsLog, lock_run_dir
 
 from conftest import ROOT, TINY, env, run_script
@@ -61,7 +62,7 @@ def test_a_diverging_run_saves_no_nan_checkpoint_and_names_the_last_good_one(dat
     assert "training diverged" in r.stderr and f"the last good checkpoint is {good}" in r.stderr
     assert "lower train.learning_rate (now 1e+06)" in r.stderr
     assert ckpt.complete_checkpoints(out) == [good]
-    ckpt.load_exported(out)  # finite weights
+    load_exported(out)  # finite weights
     r = run_script("train.py", *args, "train.max_steps=6", cwd=tmp_path)  # a sane learning rate continues from it
     assert r.returncode == 0, r.stderr
     assert "at step 4" in r.stdout and ckpt.latest_checkpoint(out).name == "step-0000006"
@@ -85,7 +86,7 @@ def test_a_second_training_on_a_run_folder_is_refused_and_readers_never_see_a_ha
         assert f"is in use by another training (pid {first.pid} on host" in second.stderr
         steps = set()
         for _ in range(20):  # a reader polling while the trainer saves (and rotates away) every step
-            _, _, meta = ckpt.load_exported(out)
+            _, _, meta = load_exported(out)
             steps.add(meta["step"])
         assert len(steps) > 1  # it did read while checkpoints came and went
     finally:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt.checkpoint import latest_checkpoint, load_exported
+from gpt.checkpoint import latest_checkpoint
+from gpt.export import load_exported
 
 from conftest import ROOT, TINY, accelerate_launch, env, free_port, run_script
 
-FAULTY = str(ROOT / "tests" / "helpers" / "train_with_faults.py")
 CPU_CONFIG = str(ROOT / "launch" / "cpu_multiprocess.yaml")
 # dropout on, so that a resume that forgot the RNG state would not reproduce the losses
 RUN = [*TINY, "model.dropout=0.1", "train.log_interval=1", "train.checkpoint_interval=10", "train.keep_last=5"]
@@ -126,11 +126,12 @@ def test_launcher_restart_resumes_without_user_action(data_root, tmp_path):
     # torch's elastic agent, which `accelerate launch --max_restarts` runs for multi-process launches; one
     # process, so that what is tested is the restart and resume=auto, not gloo re-forming its mesh
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--max_restarts", "1",
-           "--master_port", str(free_port()), FAULTY, *TINY, f"data.root={data_root}", "data.dataset=tiny",
-           f"out_dir={out}"]  # fmt: skip
-    r = subprocess.run(cmd, cwd=tmp_path, env=env(FAULT="crash_once:10"), capture_output=True, text=True, timeout=300)
+           "--master_port", str(free_port()), str(ROOT / "train.py"), *TINY, f"data.root={data_root}",
+           "data.dataset=tiny", f"out_dir={out}"]  # fmt: skip
+    fault = "save.done@10:crash:attempt=0"  # a crash after the checkpoint of step 10, on the first attempt only
+    r = subprocess.run(cmd, cwd=tmp_path, env=env(GPT_FAULT=fault), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "injected crash after step 10" in r.stderr
+    assert "injected crash at save.done step 10" in r.stderr  # on the first attempt only
     assert "resumed from" in r.stdout and latest_checkpoint(out).name == "step-0000020"
 
 

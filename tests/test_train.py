@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from gpt.checkpoint import latest_checkpoint, load_exported
+from gpt.checkpoint import latest_checkpoint
 from gpt.data import TokenStream, split_files
+from gpt.export import load_exported
 
 import wandb_offline
 from conftest import TINY, env, run_script

@@ -59,7 +59,7 @@ def planning_vocab(cfg: Config) -> tuple[int, str]:
     path = Path(cfg.data.root) / cfg.data.dataset / "tokenizer.json"
     if path.is_file():
         return load_tokenizer(path).vocab_size, str(path)
-    from gpt.prepare import BUILTIN_DATASETS
+    from gpt.prepared import BUILTIN_DATASETS
 
     if cfg.data.dataset in BUILTIN_DATASETS:
         text, kind = BUILTIN_DATASETS[cfg.data.dataset]

@@ -5,7 +5,7 @@
 
 Each training attempt runs in a child process forked from this one (torch is imported once, here,
 and never run here, so forking is safe and an attempt starts in a fraction of a second). Faults come
-through the declared hook, ``GPT_FAULT=PHASE@STEP:ACTION`` (``gpt.checkpoint.fault_point``).
+through the declared hook, ``GPT_FAULT=PHASE@STEP:ACTION`` (``gpt.faults.fault_point``).
 
 ``kills`` trains a tiny model with dropout (so a resume that lost the RNG state would show) once
 without faults, then again through a chain of attempts, each stopped by SIGKILL or a full disk at a
