@@ -23,6 +23,7 @@ import yaml
 
 from gpt.errors import UserError, run_main
 from gpt.paths import check_folder
+from gpt.trackers import check_loggers
 
 PRESET_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs")
 
@@ -799,6 +800,7 @@ def validate(cfg: Config) -> None:
             f"model.position=rope needs an even head size, got n_embd / n_head = {m.n_embd // m.n_head}; "
             "change model.n_embd or model.n_head"
         )
+    check_loggers(cfg.tracking.loggers)  # a known name, its package installed
 
 
 def resume_changes(saved: dict[str, Any], cfg: Config) -> str | None:

@@ -2,7 +2,7 @@
 
 Everything about devices, processes and precision goes through the Accelerator: ``prepare``,
 ``accumulate``, ``backward``, ``clip_grad_norm_``, ``reduce``, ``save_state``/``load_state`` and the
-W&B tracker. What the loop owns itself is the data (a pure function of seed and step, see
+experiment trackers (gpt.tracking). What the loop owns itself is the data (a pure function of seed and step, see
 ``gpt.data``), the learning-rate schedule (a pure function of the step) and the checkpoint layout
 (``gpt.checkpoint``); so a resumed run, or one split differently over processes, sees the same
 batches and learning rates at every step.
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
-import string
 import sys
 import time
 from dataclasses import dataclass
@@ -50,7 +48,7 @@ from gpt.prepare import ensure_dataset
 from gpt.schedule import lr_at
 from gpt.spike import SpikeGuard
 from gpt.tokenizer import Tokenizer, load_tokenizer
-from gpt.tracking import Tracking, start_wandb
+from gpt.tracking import logging_dir, start_tracking, trackers_to_start
 
 # ----------------------------------------------------------------------------------------------
 # Pure helpers: derived sizes, learning rate, parameter groups
@@ -67,42 +65,6 @@ def cpu_threads(requested: int, local_processes: int) -> int:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     cores = min(usable, psutil.cpu_count(logical=False) or usable)
     return max(1, cores // max(1, local_processes))
-
-
-# ----------------------------------------------------------------------------------------------
-# W&B
-
-
-def has_wandb_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        import netrc
-
-        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
-        return netrc.netrc().authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def new_run_id() -> str:
-    """A W&B run id (8 lowercase letters and digits), kept in checkpoints so a resumed run continues it."""
-    alphabet = string.ascii_lowercase + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(8))
-
-
-def wandb_mode(mode: str) -> str:
-    """The W&B mode to run in: the config's, else WANDB_MODE, else online only with credentials."""
-    if mode != "auto":
-        return mode
-    if os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes"):
-        return "disabled"
-    env = os.environ.get("WANDB_MODE", "").lower()
-    if env in ("online", "offline", "disabled"):
-        return env
-    if env == "dryrun":
-        return "offline"
-    return "online" if has_wandb_credentials() else "offline"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,8 +86,7 @@ class Run:
     accum: int
     micro_batch_size: int  # train.micro_batch_size resolved ('auto' chosen by gpt.plan); what every pass uses
     start_step: int
-    wandb_id: str | None
-    wandb_mode: str
+    wandb_id: str | None  # the W&B run of the checkpoint resumed from, continued
     resumed_metrics: dict[str, float]  # the evaluation stored in the checkpoint resumed from
     elapsed_s: float  # wall-clock seconds spent by earlier attempts of this run (from the checkpoint)
     guard: SpikeGuard | None  # train.spike_*: skips updates whose loss or gradient norm spikes
@@ -180,7 +141,6 @@ def open_data(cfg: Config, accelerator: Accelerator) -> tuple[Tokenizer, list[So
 
 def setup(cfg: Config) -> Run:
     t = cfg.train
-    mode = wandb_mode(cfg.wandb.mode)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
     precision, precision_note = cpu.training_precision(t.mixed_precision, t.cpu_bf16, on_cpu)  # emulated bf16: fp32
@@ -190,8 +150,10 @@ def setup(cfg: Config) -> Run:
         cpu=launched > 1 and not torch.cuda.is_available(),
         mixed_precision=precision,  # None: the launch's
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1, sync_with_dataloader=False),
-        log_with="wandb" if mode != "disabled" else None,
-        project_config=ProjectConfiguration(project_dir=cfg.out_dir, automatic_checkpoint_naming=False),
+        log_with=trackers_to_start(cfg),  # tracking.loggers (gpt.tracking)
+        project_config=ProjectConfiguration(
+            project_dir=cfg.out_dir, logging_dir=logging_dir(cfg.out_dir), automatic_checkpoint_naming=False
+        ),
         dynamo_backend="inductor" if t.compile else "no",
         step_scheduler_with_optimizer=False,
         fsdp_plugin=fsdp.accelerate_plugin(t.activation_checkpointing) if fsdp.fsdp_requested() else None,
@@ -268,7 +230,6 @@ def setup(cfg: Config) -> Run:
         micro,
         start_step=int(resumed.get("step", 0)),
         wandb_id=resumed.get("wandb_id"),
-        wandb_mode=mode,
         resumed_metrics=resumed.get("metrics", {}),
         elapsed_s=float(resumed.get("elapsed_s", 0.0)),
         guard=spike_guard(t, accelerator, resumed.get("spike_guard")),
@@ -328,26 +289,10 @@ def restore(accelerator: Accelerator, folder: Path, model_cfg: ModelConfig, toke
     return state
 
 
-def init_tracking(run: Run) -> str | None:
-    """Start (or continue) the W&B run on the main process; returns its id."""
+def derived_settings(run: Run) -> dict[str, Any]:
+    """What the run derived from its config and launch, stored with the config in the trackers."""
     cfg, accelerator = run.cfg, run.accelerator
-    if run.wandb_mode == "disabled":
-        return None
-    wandb_id = run.wandb_id or new_run_id()
-    init = {
-        "id": wandb_id,
-        "resume": "allow",
-        "mode": run.wandb_mode,
-        "dir": str(Path(cfg.out_dir).resolve()),
-        "name": cfg.wandb.name or os.environ.get("WANDB_NAME") or Path(cfg.out_dir).name,
-    }
-    for key in ("entity", "group", "notes"):
-        if getattr(cfg.wandb, key):
-            init[key] = getattr(cfg.wandb, key)
-    if cfg.wandb.tags:
-        init["tags"] = cfg.wandb.tags
-    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    derived = {
+    return {
         "world_size": accelerator.num_processes,
         "accumulation_steps": run.accum,
         "micro_batch_size": run.micro_batch_size,
@@ -356,9 +301,6 @@ def init_tracking(run: Run) -> str | None:
         "n_params": num_params(accelerator.unwrap_model(run.model)),
         "vocab_size": run.model_cfg.vocab_size,
     }
-    project = cfg.wandb.project or os.environ.get("WANDB_PROJECT") or "gpt"
-    start_wandb(accelerator, project, to_dict(cfg) | {"derived": derived}, init, cfg.wandb.init_timeout_s)
-    return wandb_id
 
 
 # ----------------------------------------------------------------------------------------------
@@ -557,8 +499,8 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
     if accelerator.is_main_process:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    wandb_id = init_tracking(run)
-    tracking = Tracking(accelerator, cfg, model, run.tokenizer)  # memory, samples, loss.png, W&B extras
+    # the trackers (tracking.loggers), memory, samples, loss.png, the W&B extras
+    tracking = start_tracking(accelerator, cfg, model, run.tokenizer, run.wandb_id, derived_settings(run))
     metrics_log = runfiles.MetricsLog(cfg.out_dir, accelerator.is_main_process, run.start_step)
     tasks = InLoopTasks(t.eval_tasks, t.eval_task_limit, run.tokenizer) if t.eval_tasks else None  # read once
 
@@ -624,7 +566,7 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
             saving = step % t.checkpoint_interval == 0 or boundary or stopping
             if saving:  # with this step's evaluation, if there was one (keep_best compares those)
                 evals = {k: v for k, v in record.items() if k.startswith("eval/")}
-                path = save(run, step, wandb_id, evals, budget.elapsed())
+                path = save(run, step, tracking.wandb_id, evals, budget.elapsed())
                 print0(accelerator, f"saved {path}")
             if record or saving:  # throughput is measured over training steps only
                 timer_start, timer_steps = time.perf_counter(), 0
