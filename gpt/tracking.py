@@ -13,8 +13,9 @@ main process. W&B gets more, on the main process only:
 - at the end, the final metrics in the run summary and, with ``wandb.log_model=true``, the exported
   model as a W&B artifact.
 
-The other trackers write under ``out_dir/tracking/``. Besides, on every tracker: peak memory in the
-logged metrics (the largest over processes), and a refreshed ``loss.png`` at each evaluation.
+TensorBoard and Aim write under ``out_dir/tracking/`` (accelerate's ``logging_dir``); the others
+go where their own settings say. Whatever the trackers, this module also adds peak memory to the
+logged metrics (the largest over processes) and redraws ``loss.png`` at each evaluation.
 """
 
 from __future__ import annotations
@@ -82,9 +83,9 @@ def start_tracking(
         settings = to_dict(cfg) | {"derived": derived}
         for tracker in accelerator.trackers:  # W&B takes nested settings; TensorBoard's hparams want flat ones
             tracker.store_init_configuration(settings if tracker.name == "wandb" else flat_settings(settings))
-        if others := [name for name in names if name != "wandb"]:
-            view = f"; view with: tensorboard --logdir {accelerator.logging_dir}" if "tensorboard" in others else ""
-            print(f"{', '.join(others)} logging under {accelerator.logging_dir}/{project}{view}", flush=True)
+        if local := [tracker.name for tracker in accelerator.trackers if tracker.requires_logging_directory]:
+            view = f"; view with: tensorboard --logdir {accelerator.logging_dir}" if "tensorboard" in local else ""
+            print(f"{', '.join(local)} logging under {accelerator.logging_dir}{view}", flush=True)
     return Tracking(accelerator, cfg, model, tokenizer, wandb_id)
 
 
