@@ -66,15 +66,18 @@ def start_tracking(
     model: torch.nn.Module,
     tokenizer: Tokenizer,
     wandb_id: str | None,
+    start_step: int,
     derived: dict[str, Any],
 ) -> Tracking:
     """Start the Accelerator's trackers on the main process, with the config and the settings derived
     from it (``derived``: accumulation steps, parameters, ...) as the run's hyperparameters.
-    ``wandb_id``: the W&B run to continue (from the checkpoint resumed from), None for a new one."""
+    ``wandb_id``: the W&B run to continue (from the checkpoint resumed from), None for a new one;
+    ``start_step``: the step resumed from, 0 for a fresh start."""
     names = [str(name) for name in accelerator.log_with]
     if accelerator.is_main_process and names:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-        init_kwargs = {}
+        # TensorBoard hides what an earlier attempt logged after the checkpoint resumed from, as metrics.jsonl drops it
+        init_kwargs: dict[str, Any] = {"tensorboard": {"purge_step": start_step + 1}}
         if "wandb" in names:
             wandb_id = wandb_id or new_run_id()
             init_kwargs["wandb"] = wandb_init(cfg, wandb_id, wandb_mode(cfg.wandb.mode))

@@ -500,7 +500,9 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     # the trackers (tracking.loggers), memory, samples, loss.png, the W&B extras
-    tracking = start_tracking(accelerator, cfg, model, run.tokenizer, run.wandb_id, derived_settings(run))
+    tracking = start_tracking(
+        accelerator, cfg, model, run.tokenizer, run.wandb_id, run.start_step, derived_settings(run)
+    )
     metrics_log = runfiles.MetricsLog(cfg.out_dir, accelerator.is_main_process, run.start_step)
     tasks = InLoopTasks(t.eval_tasks, t.eval_task_limit, run.tokenizer) if t.eval_tasks else None  # read once
 

@@ -1,6 +1,7 @@
 """Experiment trackers (tracking.loggers): what a run writes to them, and the check of their names."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,28 +26,51 @@ def tensorboard_and_wandb(tmp_path_factory, data_root):
     """One tiny run logging to TensorBoard and to W&B (offline) at once."""
     out = tmp_path_factory.mktemp("tracking") / "run"
     loggers = ["tracking.loggers=tensorboard,wandb", "wandb.mode=offline", "wandb.project=tracked"]
-    r = run_script("train.py", *SHORT, f"data.root={data_root}", "data.dataset=tiny", f"out_dir={out}", *loggers)
+    args = [*SHORT, "train.checkpoint_interval=5", f"data.root={data_root}", "data.dataset=tiny", f"out_dir={out}"]
+    r = run_script("train.py", *args, *loggers)
     assert r.returncode == 0, r.stdout + r.stderr
     return out, r
 
 
 def test_tensorboard_holds_the_train_losses_of_metrics_jsonl(tensorboard_and_wandb):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     out, r = tensorboard_and_wandb
     logs = out / "tracking" / "tracked"  # out_dir/tracking/<project>
     assert f"tensorboard --logdir {out / 'tracking'}" in r.stdout
-    events = EventAccumulator(str(logs))
-    events.Reload()
-    logged = {m["step"]: m for m in metrics(out)}
-    scalars = {e.step: e.value for e in events.Scalars("train/loss")}
-    assert sorted(scalars) == [1, 5, 10]  # step 1, then every train.log_interval=5
-    for step, value in scalars.items():  # TensorBoard keeps scalars as float32
-        assert value == float(np.float32(logged[step]["train/loss"]))
+    events = assert_train_losses_match(logs, out)
     assert {e.step for e in events.Scalars("eval/val/loss")} == {10}
     hparams = next(logs.glob("*/hparams.yml")).read_text()  # the settings, flattened for TensorBoard
     assert "model.n_layer: 2" in hparams and "derived.accumulation_steps: 1" in hparams
     assert "tracking.loggers: tensorboard,wandb" in hparams
+
+
+def assert_train_losses_match(logs: Path, out: Path):
+    """TensorBoard's train/loss, read back with its own reader, is metrics.jsonl's at the same steps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    logged = {m["step"]: m for m in metrics(out)}
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == [1, 5, 10]  # step 1, then every train.log_interval=5
+    for event in events.Scalars("train/loss"):  # TensorBoard keeps scalars as float32
+        assert event.value == float(np.float32(logged[event.step]["train/loss"]))
+    return events
+
+
+def test_a_resume_hides_what_tensorboard_got_after_the_checkpoint(tensorboard_and_wandb, data_root, tmp_path):
+    src, _ = tensorboard_and_wandb
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    shutil.rmtree(out / "checkpoints" / "step-0000010")  # as if stopped after logging step 10, before saving it
+    args = [*SHORT, "train.checkpoint_interval=5", f"data.root={data_root}", "data.dataset=tiny", f"out_dir={out}"]
+    r = run_script("train.py", *args, "tracking.loggers=tensorboard", "wandb.project=tracked", "resume=true")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "at step 5" in r.stdout
+    assert_train_losses_match(out / "tracking" / "tracked", out)  # step 10 once, from the resumed run
+    # W&B was not a logger this time; the run id is kept for a later resume with it
+    before = json.loads((src / "checkpoints" / "step-0000010" / "trainer_state.json").read_text())
+    after = json.loads((out / "checkpoints" / "step-0000010" / "trainer_state.json").read_text())
+    assert after["wandb_id"] == before["wandb_id"] is not None
 
 
 def test_wandb_next_to_tensorboard_keeps_its_run(tensorboard_and_wandb):
