@@ -800,7 +800,7 @@ def validate(cfg: Config) -> None:
             f"model.position=rope needs an even head size, got n_embd / n_head = {m.n_embd // m.n_head}; "
             "change model.n_embd or model.n_head"
         )
-    check_loggers(cfg.tracking.loggers)  # a known name, its package installed
+    check_loggers(cfg.tracking.loggers, cfg.wandb.mode)  # known names, the packages of those that run installed
 
 
 def resume_changes(saved: dict[str, Any], cfg: Config) -> str | None:

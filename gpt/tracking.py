@@ -36,6 +36,7 @@ from gpt.config import Config, to_dict
 from gpt.errors import UserError
 from gpt.perf import peak_rss_bytes
 from gpt.tokenizer import Tokenizer
+from gpt.trackers import enabled_trackers, wandb_mode
 
 SAMPLES_FILE = "samples.jsonl"
 PLOT_FILE = "loss.png"
@@ -48,11 +49,8 @@ GIB = 1024**3
 
 
 def trackers_to_start(cfg: Config) -> list[str] | None:
-    """accelerate's ``log_with``: tracking.loggers (checked with the config, gpt.trackers) without
-    W&B when its mode resolves to disabled; None for none. W&B comes first: accelerate starts the
-    trackers in this order, and a failed W&B start is retried before any other tracker has begun."""
-    names = [n for n in dict.fromkeys(cfg.tracking.loggers) if n != "wandb" or wandb_mode(cfg.wandb.mode) != "disabled"]
-    return sorted(names, key=lambda name: name != "wandb") or None
+    """accelerate's ``log_with``: the trackers of tracking.loggers that run (gpt.trackers), None for none."""
+    return enabled_trackers(cfg.tracking.loggers, cfg.wandb.mode) or None
 
 
 def logging_dir(out_dir: str) -> str:
@@ -146,36 +144,10 @@ def flat_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # W&B settings
 
 
-def has_wandb_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        import netrc
-
-        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
-        return netrc.netrc().authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
 def new_run_id() -> str:
     """A W&B run id (8 lowercase letters and digits), kept in checkpoints so a resumed run continues it."""
     alphabet = string.ascii_lowercase + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(8))
-
-
-def wandb_mode(mode: str) -> str:
-    """The W&B mode to run in: the config's, else WANDB_MODE, else online only with credentials."""
-    if mode != "auto":
-        return mode
-    if os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes"):
-        return "disabled"
-    env = os.environ.get("WANDB_MODE", "").lower()
-    if env in ("online", "offline", "disabled"):
-        return env
-    if env == "dryrun":
-        return "offline"
-    return "online" if has_wandb_credentials() else "offline"
 
 
 def wandb_init(cfg: Config, wandb_id: str, mode: str) -> dict[str, Any]:

@@ -105,9 +105,12 @@ def test_an_unknown_tracker_is_one_line_before_training(tmp_path):
 
 
 def test_a_tracker_without_its_package_names_the_pip_command(monkeypatch):
-    monkeypatch.setattr(trackers, "find_spec", lambda module: None)  # as if tensorboard were not installed
+    monkeypatch.setattr(trackers, "find_spec", lambda module: None)  # as if no tracker package were installed
     with pytest.raises(UserError, match=r"its package is not installed: pip install tensorboard"):
         load_config(["tracking.loggers=tensorboard"])
+    with pytest.raises(UserError, match=r"its package is not installed: pip install wandb"):
+        load_config(["wandb.mode=offline"])  # the default loggers: wandb
+    assert load_config(["wandb.mode=disabled"]).tracking.loggers == ["wandb"]  # switched off: wandb not needed
 
 
 def test_the_tracker_names_are_accelerates():
