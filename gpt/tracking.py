@@ -40,7 +40,7 @@ from gpt.trackers import enabled_trackers, wandb_mode
 
 SAMPLES_FILE = "samples.jsonl"
 PLOT_FILE = "loss.png"
-TRACKING_DIR = "tracking"  # out_dir/tracking/: the files of every tracker but W&B (which writes out_dir/wandb/)
+TRACKING_DIR = "tracking"  # out_dir/tracking/: where TensorBoard and Aim write (W&B writes out_dir/wandb/)
 GIB = 1024**3
 
 
@@ -54,7 +54,7 @@ def trackers_to_start(cfg: Config) -> list[str] | None:
 
 
 def logging_dir(out_dir: str) -> str:
-    """Where trackers other than W&B write (accelerate's ``ProjectConfiguration.logging_dir``)."""
+    """accelerate's ``ProjectConfiguration.logging_dir``, for the trackers that take a folder."""
     return str(Path(out_dir) / TRACKING_DIR)
 
 
