@@ -19,8 +19,9 @@ from gpt.config import TrainConfig
 from gpt.errors import UserError
 
 
-def build_accelerator(t: TrainConfig, out_dir: str, log_with: str | None) -> Accelerator:
-    """The Accelerator of a training run, its device set up; ``log_with``: accelerate's tracker, or None."""
+def build_accelerator(t: TrainConfig, out_dir: str, log_with: list[str] | None, logging_dir: str) -> Accelerator:
+    """The Accelerator of a training run, its device set up; ``log_with``: accelerate's trackers (may be
+    empty), writing under ``logging_dir`` where they take it."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
     precision, precision_note = cpu.training_precision(t.mixed_precision, t.cpu_bf16, on_cpu)  # emulated bf16: fp32
@@ -31,7 +32,9 @@ def build_accelerator(t: TrainConfig, out_dir: str, log_with: str | None) -> Acc
         mixed_precision=precision,  # None: the launch's
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1, sync_with_dataloader=False),
         log_with=log_with,
-        project_config=ProjectConfiguration(project_dir=out_dir, automatic_checkpoint_naming=False),
+        project_config=ProjectConfiguration(
+            project_dir=out_dir, logging_dir=logging_dir, automatic_checkpoint_naming=False
+        ),
         dynamo_backend="inductor" if t.compile else "no",
         step_scheduler_with_optimizer=False,
         fsdp_plugin=fsdp.accelerate_plugin(t.activation_checkpointing) if fsdp.fsdp_requested() else None,

@@ -1,20 +1,29 @@
-"""What a run reports besides its losses: memory, samples, the loss plot, and the W&B extras.
+"""What a run reports besides metrics.jsonl: experiment trackers, memory, samples, the loss plot.
 
-The trainer starts W&B through accelerate's tracker and logs its metrics with ``accelerator.log``;
-this module adds, on the main process only:
+The trackers are accelerate's (``tracking.loggers``: W&B, TensorBoard, MLflow, ...): the trainer
+creates the Accelerator with ``log_with=trackers_to_start(cfg)``, starts them with
+``start_tracking`` and logs every metric with ``accelerator.log``, which reaches them all from the
+main process. W&B gets more, on the main process only:
 
-- W&B charts against tokens seen: every metric is plotted against ``tokens`` by default (W&B's
+- a run id kept in checkpoints, so that a resumed run continues the same W&B run;
+- offline when there are no credentials, and a fall-back to offline when an online start fails;
+- charts against tokens seen: every metric is plotted against ``tokens`` by default (W&B's
   ``define_metric``), and ``_step`` (the optimizer step) stays available as the other x-axis;
-- peak memory in the logged metrics (the largest over processes);
-- at each evaluation, a few samples from the current model in ``samples.jsonl`` and a W&B table,
-  and a refreshed ``loss.png`` (``gpt.plot``);
-- at the end, the final metrics in the W&B run summary and, with ``wandb.log_model=true``, the
-  exported model as a W&B artifact.
+- at each evaluation, the samples as a W&B table (they also go to ``samples.jsonl``);
+- at the end, the final metrics in the run summary and, with ``wandb.log_model=true``, the exported
+  model as a W&B artifact.
+
+TensorBoard and Aim write under ``out_dir/tracking/`` (accelerate's ``logging_dir``); the others
+go where their own settings say. Whatever the trackers, this module also adds peak memory to the
+logged metrics (the largest over processes) and redraws ``loss.png`` at each evaluation.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +32,76 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from gpt import checkpoint as ckpt
-from gpt.config import Config
+from gpt.config import Config, to_dict
 from gpt.errors import UserError
 from gpt.perf import peak_rss_bytes
 from gpt.tokenizer import Tokenizer
+from gpt.trackers import enabled_trackers, wandb_mode
 
 SAMPLES_FILE = "samples.jsonl"
 PLOT_FILE = "loss.png"
+TRACKING_DIR = "tracking"  # out_dir/tracking/: where TensorBoard and Aim write (W&B writes out_dir/wandb/)
 GIB = 1024**3
 
 
-def start_wandb(
-    accelerator: Accelerator, project: str, config: dict[str, Any], init: dict[str, Any], timeout_s: float
-) -> None:
-    """Start the W&B run through accelerate's tracker (``init``: wandb.init's arguments, "mode" among
-    them). An online start that fails or gets no answer within ``timeout_s`` (no network, W&B down)
-    does not end the run: it continues offline, and one line says so and how to upload it later."""
-    if not accelerator.is_main_process:
+# ----------------------------------------------------------------------------------------------
+# Which trackers, and starting them
+
+
+def trackers_to_start(cfg: Config) -> list[str] | None:
+    """accelerate's ``log_with``: the trackers of tracking.loggers that run (gpt.trackers), None for none."""
+    return enabled_trackers(cfg.tracking.loggers, cfg.wandb.mode) or None
+
+
+def logging_dir(out_dir: str) -> str:
+    """accelerate's ``ProjectConfiguration.logging_dir``, for the trackers that take a folder."""
+    return str(Path(out_dir) / TRACKING_DIR)
+
+
+def start_tracking(
+    accelerator: Accelerator,
+    cfg: Config,
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    wandb_id: str | None,
+    start_step: int,
+    derived: dict[str, Any],
+) -> Tracking:
+    """Start the Accelerator's trackers on the main process, with the config and the settings derived
+    from it (``derived``: accumulation steps, parameters, ...) as the run's hyperparameters.
+    ``wandb_id``: the W&B run to continue (from the checkpoint resumed from), None for a new one;
+    ``start_step``: the step resumed from, 0 for a fresh start."""
+    names = [str(name) for name in accelerator.log_with]
+    if accelerator.is_main_process and names:
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        # TensorBoard hides what an earlier attempt logged after the checkpoint resumed from, as metrics.jsonl drops it
+        init_kwargs: dict[str, Any] = {"tensorboard": {"purge_step": start_step + 1}}
+        if "wandb" in names:
+            wandb_id = wandb_id or new_run_id()
+            init_kwargs["wandb"] = wandb_init(cfg, wandb_id, wandb_mode(cfg.wandb.mode))
+        project = cfg.wandb.project or os.environ.get("WANDB_PROJECT") or "gpt"
+        init_trackers(accelerator, project, init_kwargs, cfg.wandb.init_timeout_s)
+        settings = to_dict(cfg) | {"derived": derived}
+        for tracker in accelerator.trackers:  # W&B takes nested settings; TensorBoard's hparams want flat ones
+            tracker.store_init_configuration(settings if tracker.name == "wandb" else flat_settings(settings))
+        if local := [tracker.name for tracker in accelerator.trackers if tracker.requires_logging_directory]:
+            view = f"; view with: tensorboard --logdir {accelerator.logging_dir}" if "tensorboard" in local else ""
+            print(f"{', '.join(local)} logging under {accelerator.logging_dir}{view}", flush=True)
+    return Tracking(accelerator, cfg, model, tokenizer, wandb_id)
+
+
+def init_trackers(accelerator: Accelerator, project: str, init_kwargs: dict[str, Any], timeout_s: float) -> None:
+    """accelerate's ``init_trackers`` (``init_kwargs["wandb"]``: wandb.init's arguments, "mode" among
+    them). An online W&B start that fails or gets no answer within ``timeout_s`` (no network, W&B
+    down) does not end the run: it continues offline, and one line says so and how to upload it later."""
+    wandb_init_kwargs = init_kwargs.get("wandb")
+    if wandb_init_kwargs is None:
+        accelerator.init_trackers(project, init_kwargs=init_kwargs)
         return
     import wandb
 
-    if init["mode"] != "online":
-        accelerator.init_trackers(project, config=config, init_kwargs={"wandb": init})
+    if wandb_init_kwargs["mode"] != "online":
+        accelerator.init_trackers(project, init_kwargs=init_kwargs)
         print(
             f"W&B is offline (no credentials found); upload this run later with: wandb sync {_run_dir(accelerator)}",
             flush=True,
@@ -52,11 +109,13 @@ def start_wandb(
         return
     settings = wandb.Settings(init_timeout=timeout_s)
     try:
-        accelerator.init_trackers(project, config=config, init_kwargs={"wandb": init | {"settings": settings}})
+        accelerator.init_trackers(
+            project, init_kwargs=init_kwargs | {"wandb": wandb_init_kwargs | {"settings": settings}}
+        )
     except wandb.Error as e:
-        accelerator.trackers.clear()  # the tracker whose start failed
+        accelerator.trackers.clear()  # W&B's failed start came first: the others are created, not yet started
         wandb.teardown()  # the W&B service still holds the failed run's id, which the offline run reuses
-        accelerator.init_trackers(project, config=config, init_kwargs={"wandb": init | {"mode": "offline"}})
+        accelerator.init_trackers(project, init_kwargs=init_kwargs | {"wandb": wandb_init_kwargs | {"mode": "offline"}})
         reason = " ".join(str(e).split("\n")[0].split())
         print(
             f"W&B could not start the run online ({reason}); continuing offline (wandb.init_timeout_s bounds the "
@@ -69,11 +128,59 @@ def _run_dir(accelerator: Accelerator) -> Path:
     return Path(accelerator.get_tracker("wandb", unwrap=True).dir).parent
 
 
-class Tracking:
-    """Created once the W&B run (if any) has started; every method is safe to call on every process."""
+def flat_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as one level of dotted keys, lists joined by commas: what TensorBoard's
+    hyperparameters (and MLflow's parameters) accept."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat |= flat_settings(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+    return flat
 
-    def __init__(self, accelerator: Accelerator, cfg: Config, model: torch.nn.Module, tokenizer: Tokenizer):
+
+# ----------------------------------------------------------------------------------------------
+# W&B settings
+
+
+def new_run_id() -> str:
+    """A W&B run id (8 lowercase letters and digits), kept in checkpoints so a resumed run continues it."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def wandb_init(cfg: Config, wandb_id: str, mode: str) -> dict[str, Any]:
+    """wandb.init's arguments: the run to start or continue (``resume="allow"``) and the wandb.* keys;
+    an empty key leaves its WANDB_* variable to W&B."""
+    init = {
+        "id": wandb_id,
+        "resume": "allow",
+        "mode": mode,
+        "dir": str(Path(cfg.out_dir).resolve()),
+        "name": cfg.wandb.name or os.environ.get("WANDB_NAME") or Path(cfg.out_dir).name,
+    }
+    for key in ("entity", "group", "notes"):
+        if getattr(cfg.wandb, key):
+            init[key] = getattr(cfg.wandb, key)
+    if cfg.wandb.tags:
+        init["tags"] = cfg.wandb.tags
+    return init
+
+
+# ----------------------------------------------------------------------------------------------
+# During the run
+
+
+class Tracking:
+    """Created once the trackers have started (``start_tracking``); every method is safe to call on
+    every process."""
+
+    def __init__(
+        self, accelerator: Accelerator, cfg: Config, model: torch.nn.Module, tokenizer: Tokenizer, wandb_id: str | None
+    ):
         self.accelerator = accelerator
+        self.wandb_id = wandb_id  # saved in checkpoints (on the main process), so that a resume continues the run
         self.cfg = cfg
         self.model = model
         self.tokenizer = tokenizer

@@ -8,15 +8,14 @@ one split differently over processes, sees the same batches and learning rates a
 Each concern the loop calls on has its own module: ``gpt.accelerator`` (the Accelerator, device
 settings), ``gpt.run_data`` (the data, the resolved model config), ``gpt.step`` (one optimizer
 step), ``gpt.step_plan`` (what the end of a step does: log, evaluate, stop, save), ``gpt.evaluation``
-(in-loop and final evaluation, one loss core), ``gpt.resume`` (saving and resuming checkpoints).
+(in-loop and final evaluation, one loss core), ``gpt.resume`` (saving and resuming checkpoints),
+``gpt.tracking`` (the experiment trackers).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import secrets
-import string
 import sys
 import time
 from dataclasses import dataclass
@@ -48,43 +47,7 @@ from gpt.spike import SpikeGuard, spike_guard
 from gpt.step import batch_stream, train_step
 from gpt.step_plan import step_plan
 from gpt.tokenizer import Tokenizer
-from gpt.tracking import Tracking, start_wandb
-
-# ----------------------------------------------------------------------------------------------
-# W&B
-
-
-def has_wandb_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        import netrc
-
-        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
-        return netrc.netrc().authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def new_run_id() -> str:
-    """A W&B run id (8 lowercase letters and digits), kept in checkpoints so a resumed run continues it."""
-    alphabet = string.ascii_lowercase + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(8))
-
-
-def wandb_mode(mode: str) -> str:
-    """The W&B mode to run in: the config's, else WANDB_MODE, else online only with credentials."""
-    if mode != "auto":
-        return mode
-    if os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes"):
-        return "disabled"
-    env = os.environ.get("WANDB_MODE", "").lower()
-    if env in ("online", "offline", "disabled"):
-        return env
-    if env == "dryrun":
-        return "offline"
-    return "online" if has_wandb_credentials() else "offline"
-
+from gpt.tracking import logging_dir, start_tracking, trackers_to_start
 
 # ----------------------------------------------------------------------------------------------
 # The run
@@ -104,8 +67,7 @@ class Run:
     accum: int
     micro_batch_size: int  # train.micro_batch_size resolved ('auto' chosen by gpt.plan); what every pass uses
     start_step: int
-    wandb_id: str | None
-    wandb_mode: str
+    wandb_id: str | None  # the W&B run of the checkpoint resumed from, continued
     resumed_metrics: dict[str, float]  # the evaluation stored in the checkpoint resumed from
     elapsed_s: float  # wall-clock seconds spent by earlier attempts of this run (from the checkpoint)
     guard: SpikeGuard | None  # train.spike_*: skips updates whose loss or gradient norm spikes
@@ -125,8 +87,7 @@ def print0(accelerator: Accelerator, *args: Any) -> None:
 
 def setup(cfg: Config) -> Run:
     t = cfg.train
-    mode = wandb_mode(cfg.wandb.mode)
-    accelerator = build_accelerator(t, cfg.out_dir, log_with="wandb" if mode != "disabled" else None)
+    accelerator = build_accelerator(t, cfg.out_dir, trackers_to_start(cfg), logging_dir(cfg.out_dir))
     device = accelerator.device
     lock = runfiles.lock_run_dir(cfg.out_dir, enabled=accelerator.is_main_process)  # one training per out_dir
 
@@ -158,33 +119,17 @@ def setup(cfg: Config) -> Run:
         set_seed(cfg.seed, device_specific=True)  # dropout differs between processes
     return Run(
         cfg, accelerator, model, optimizer, tokenizer, sources[0].train, sources[0].val, accum, micro,
-        start_step=state.step, wandb_id=state.wandb_id, wandb_mode=mode, resumed_metrics=state.metrics,
+        start_step=state.step, wandb_id=state.wandb_id, resumed_metrics=state.metrics,
         elapsed_s=state.elapsed_s, guard=spike_guard(t, accelerator.mixed_precision, state.spike_guard),
         mixture=Mixture(sources, cfg.seed, model_cfg.block_size),
         watch=guards.FiniteWatch(device, fp16=accelerator.mixed_precision == "fp16"), lock=lock,
     )  # fmt: skip
 
 
-def init_tracking(run: Run) -> str | None:
-    """Start (or continue) the W&B run on the main process; returns its id."""
+def derived_settings(run: Run) -> dict[str, Any]:
+    """What the run derived from its config and launch, stored with the config in the trackers."""
     cfg, accelerator = run.cfg, run.accelerator
-    if run.wandb_mode == "disabled":
-        return None
-    wandb_id = run.wandb_id or new_run_id()
-    init = {
-        "id": wandb_id,
-        "resume": "allow",
-        "mode": run.wandb_mode,
-        "dir": str(Path(cfg.out_dir).resolve()),
-        "name": cfg.wandb.name or os.environ.get("WANDB_NAME") or Path(cfg.out_dir).name,
-    }
-    for key in ("entity", "group", "notes"):
-        if getattr(cfg.wandb, key):
-            init[key] = getattr(cfg.wandb, key)
-    if cfg.wandb.tags:
-        init["tags"] = cfg.wandb.tags
-    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    derived = {
+    return {
         "world_size": accelerator.num_processes,
         "accumulation_steps": run.accum,
         "micro_batch_size": run.micro_batch_size,
@@ -193,9 +138,6 @@ def init_tracking(run: Run) -> str | None:
         "n_params": num_params(accelerator.unwrap_model(run.model)),
         "vocab_size": run.model_cfg.vocab_size,
     }
-    project = cfg.wandb.project or os.environ.get("WANDB_PROJECT") or "gpt"
-    start_wandb(accelerator, project, to_dict(cfg) | {"derived": derived}, init, cfg.wandb.init_timeout_s)
-    return wandb_id
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,8 +188,10 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
     if accelerator.is_main_process:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    wandb_id = init_tracking(run)
-    tracking = Tracking(accelerator, cfg, model, run.tokenizer)  # memory, samples, loss.png, W&B extras
+    # the trackers (tracking.loggers), memory, samples, loss.png, the W&B extras
+    tracking = start_tracking(
+        accelerator, cfg, model, run.tokenizer, run.wandb_id, run.start_step, derived_settings(run)
+    )
     metrics_log = runfiles.MetricsLog(cfg.out_dir, accelerator.is_main_process, run.start_step)
     tasks = InLoopTasks(t.eval_tasks, t.eval_task_limit, run.tokenizer) if t.eval_tasks else None  # read once
 
@@ -308,7 +252,7 @@ def train_until_stopped(cfg: Config, stop: signals.StopRequest) -> TrainResult:
                 tracking.after_eval(step)
             if plan.save:  # with this step's evaluation, if there was one (keep_best compares those)
                 evals = {k: v for k, v in record.items() if k.startswith("eval/")}
-                path = resume.save(run, step, wandb_id, evals, budget.elapsed())
+                path = resume.save(run, step, tracking.wandb_id, evals, budget.elapsed())
                 print0(accelerator, f"saved {path}")
             if plan.reset_timer:  # throughput is measured over training steps only
                 timer_start, timer_steps = time.perf_counter(), 0

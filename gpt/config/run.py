@@ -185,8 +185,8 @@ class TrackingConfig:
     loggers: list[str] = doc(
         ["wandb"],
         "Experiment trackers, comma-separated: any of accelerate's (wandb, tensorboard, mlflow, trackio, aim, "
-        "comet_ml, clearml, dvclive, swanlab), each needing its package; the wandb.* keys configure W&B, and "
-        "the others write under out_dir/tracking/. Empty: metrics.jsonl only.",
+        "comet_ml, clearml, dvclive, swanlab), each needing its package; the wandb.* keys configure W&B; "
+        "tensorboard and aim write under out_dir/tracking/. Empty: metrics.jsonl only (docs/tracking.md).",
     )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from gpt.config.fields import check_fields, to_dict
 from gpt.config.run import Config
 from gpt.errors import UserError
+from gpt.trackers import check_loggers
 
 
 def validate(cfg: Config) -> None:
@@ -33,6 +34,7 @@ def validate(cfg: Config) -> None:
             f"model.position=rope needs an even head size, got n_embd / n_head = {m.n_embd // m.n_head}; "
             "change model.n_embd or model.n_head"
         )
+    check_loggers(cfg.tracking.loggers, cfg.wandb.mode)  # known names, the packages of those that run installed
 
 
 def resume_changes(saved: dict[str, Any], cfg: Config) -> str | None:
