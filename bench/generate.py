@@ -4,6 +4,7 @@
     flock -x /tmp/cpu.lock python bench/generate.py --group past       # 500 new tokens: exact, fast, none
     flock -x /tmp/cpu.lock python bench/generate.py --group prefill    # time to first token, long prompt
     flock -x /tmp/cpu.lock python bench/generate.py --group rotary     # the same shape with rotary positions
+    flock -x /tmp/cpu.lock python bench/generate.py --group options    # cached, 250: threads and bf16 side by side
     python bench/generate.py --help
 
 The model has the shape of configs/shakespeare_char.yaml (6 layers, 6 heads, 384 wide, context 256,
@@ -16,7 +17,21 @@ Cases of a group run interleaved, --repeats times; the table shows medians.
 Columns: new tokens/s (10 x new tokens / generation time), the generation time, time to first token
 from the call (prompt encoding, the prompt's forward pass, the first draw) and from the process
 start (Python and torch imports, loading the model, then the same), the resident memory before
-generating and its peak (ru_maxrss) over the process.
+generating and its peak (ru_maxrss) over the process; compile time (the "compiled" case, not in a
+group: torch.compile(dynamic=True) of the model, compiled by a 3-token warm-up that is not timed).
+
+The share of the machine's limit (gpt/roofline.py). Every forward pass of a case is recorded (cached
+positions before it, new positions, with a cache or not); from the model config each one's bytes
+(weights, plus the keys and values it reads back from the cache) and FLOPs (its matmuls and
+attention) are counted. The limit of a pass is the larger of bytes / bandwidth and FLOPs /
+throughput; "limit s" sums it over the passes of the run and "share of limit" is that over the
+generation time. Bandwidth and throughput are measured on this machine by this script, in a separate
+process at the start of every round (so with the machine as loaded as the cases find it), with
+torch's default threads, and the best of all rounds is used: read bandwidth, a sum over a 1 GiB
+float32 buffer (far bigger than any CPU cache), best of 5; matmul throughput in each dtype the
+cases use, F.linear as nn.Linear calls it, of a 2048 x 2048 x 2048 product and of the decode shape
+(10 x 384 by 1536 x 384, the MLP's first matmul), best of 5 batches of about 1 GFLOP; the larger is
+the limit.
 """
 
 from __future__ import annotations
