@@ -17,8 +17,7 @@ Cases of a group run interleaved, --repeats times; the table shows medians.
 Columns: new tokens/s (10 x new tokens / generation time), the generation time, time to first token
 from the call (prompt encoding, the prompt's forward pass, the first draw) and from the process
 start (Python and torch imports, loading the model, then the same), the resident memory before
-generating and its peak (ru_maxrss) over the process; compile time (the "compiled" case, not in a
-group: torch.compile(dynamic=True) of the model, compiled by a 3-token warm-up that is not timed).
+generating and its peak (ru_maxrss) over the process.
 
 The share of the machine's limit (gpt/roofline.py). Every forward pass of a case is recorded (cached
 positions before it, new positions, with a cache or not); from the model config each one's bytes
@@ -58,7 +57,6 @@ class Case:
     position: str = "learned"
     dtype: str = "float32"  # of the weights, activations and cache
     threads: int = 0  # torch threads in the worker; 0: torch's default (one per core)
-    compiled: bool = False  # torch.compile the model (its compile time is reported apart)
 
 
 CASES = {
@@ -75,7 +73,6 @@ CASES = {
     "cache, 250, 1 thread": Case(250, threads=1),
     "cache, 250, bf16": Case(250, dtype="bfloat16"),
     "cache, 250, bf16, 1 thread": Case(250, dtype="bfloat16", threads=1),
-    "cache, 250, compiled": Case(250, compiled=True),
 }
 GROUPS = {
     "inside": ["no cache, 250", "cache, 250"],
@@ -103,14 +100,6 @@ def worker(name: str, export: str, started: float) -> None:
         torch.set_num_threads(case.threads)
     model, tokenizer, _ = load(export, device="cpu", dtype=case.dtype)
     passes = record_passes(model)
-    compile_s = 0.0
-    if case.compiled:
-        model = torch.compile(model, dynamic=True)
-        t0 = time.perf_counter()
-        for _ in sample_ids(model, [0], 3, NUM_SAMPLES, temperature=0.8):  # compiles the prompt and the step
-            pass
-        compile_s = time.perf_counter() - t0
-        passes.clear()
     text = (Path(__file__).resolve().parent.parent / "gpt/assets/tinyshakespeare.txt").read_text()
     prompt = tokenizer.encode(text[: case.prompt_len])
     rss_before = rss_mib()
@@ -137,7 +126,6 @@ def worker(name: str, export: str, started: float) -> None:
         "rss_before_mib": rss_before,
         "peak_rss_mib": peak,
         "threads": torch.get_num_threads(),
-        "compile_s": compile_s,
         "passes": passes,
     }
     print(json.dumps(record), flush=True)
@@ -145,7 +133,7 @@ def worker(name: str, export: str, started: float) -> None:
 
 def record_passes(model) -> list[tuple[int, int, bool]]:
     """Every forward pass the model runs from now on, as (cached positions before it, new positions,
-    with a cache): what the roofline counts. Wraps the instance's forward, before any compile."""
+    with a cache): what the roofline counts. Wraps the instance's forward."""
     passes: list[tuple[int, int, bool]] = []
     forward = model.forward
 
@@ -263,9 +251,9 @@ def report(group: str, cases: list[str], runs: dict[str, list[dict]], machine: d
     )
     print(
         "| case | new tokens/s | generation s | limit s | share of limit | first token ms "
-        "| first token from start s | compile s | RSS MiB | peak RSS MiB |"
+        "| first token from start s | RSS MiB | peak RSS MiB |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     numbers = [k for k in runs[cases[0]][0] if k not in ("case", "passes")]
     med = {c: {k: statistics.median(r[k] for r in runs[c]) for k in numbers} for c in cases}
     for c in cases:
@@ -273,7 +261,7 @@ def report(group: str, cases: list[str], runs: dict[str, list[dict]], machine: d
         limit = limit_seconds(runs[c][0]["passes"], case.dtype, machine, cfgs[case.position])
         print(
             f"| {c} | {m['tokens_per_s']:,.0f} | {m['seconds']:.2f} | {limit:.2f} | {limit / m['seconds']:.0%} "
-            f"| {m['ttft_ms']:.1f} | {m['ttft_from_start_s']:.2f} | {m['compile_s']:.1f} | {m['rss_before_mib']:.0f} "
+            f"| {m['ttft_ms']:.1f} | {m['ttft_from_start_s']:.2f} | {m['rss_before_mib']:.0f} "
             f"| {m['peak_rss_mib']:.0f} |"
         )
     baseline = next((c for c in cases if "no cache" in c), cases[0])
