@@ -4,6 +4,7 @@
     flock -x /tmp/cpu.lock python bench/generate.py --group past       # 500 new tokens: exact, fast, none
     flock -x /tmp/cpu.lock python bench/generate.py --group prefill    # time to first token, long prompt
     flock -x /tmp/cpu.lock python bench/generate.py --group rotary     # the same shape with rotary positions
+    flock -x /tmp/cpu.lock python bench/generate.py --group options    # cached, 250: threads and bf16 side by side
     python bench/generate.py --help
 
 The model has the shape of configs/shakespeare_char.yaml (6 layers, 6 heads, 384 wide, context 256,
@@ -17,6 +18,19 @@ Columns: new tokens/s (10 x new tokens / generation time), the generation time, 
 from the call (prompt encoding, the prompt's forward pass, the first draw) and from the process
 start (Python and torch imports, loading the model, then the same), the resident memory before
 generating and its peak (ru_maxrss) over the process.
+
+The share of the machine's limit (gpt/roofline.py). Every forward pass of a case is recorded (cached
+positions before it, new positions, with a cache or not); from the model config each one's bytes
+(weights, plus the keys and values it reads back from the cache) and FLOPs (its matmuls and
+attention) are counted. The limit of a pass is the larger of bytes / bandwidth and FLOPs /
+throughput; "limit s" sums it over the passes of the run and "share of limit" is that over the
+generation time. Bandwidth and throughput are measured on this machine by this script, in a separate
+process at the start of every round (so with the machine as loaded as the cases find it), with
+torch's default threads, and the best of all rounds is used: read bandwidth, a sum over a 1 GiB
+float32 buffer (far bigger than any CPU cache), best of 5; matmul throughput in each dtype the
+cases use, F.linear as nn.Linear calls it, of a 2048 x 2048 x 2048 product and of the decode shape
+(10 x 384 by 1536 x 384, the MLP's first matmul), best of 5 batches of about 1 GFLOP; the larger is
+the limit.
 """
 
 from __future__ import annotations
@@ -30,25 +44,42 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-CASES = {  # name -> (new tokens, use the cache, past-context mode, prompt length, positions)
-    "no cache, 250": (250, False, "exact", 1, "learned"),
-    "cache, 250": (250, True, "exact", 1, "learned"),
-    "no cache, 500": (500, False, "exact", 1, "learned"),
-    "cache exact, 500": (500, True, "exact", 1, "learned"),
-    "cache fast, 500": (500, True, "fast", 1, "learned"),
-    "no cache, 255-token prompt": (1, False, "exact", 255, "learned"),
-    "cache, 255-token prompt": (1, True, "exact", 255, "learned"),
-    "rotary: no cache, 500": (500, False, "exact", 1, "rope"),
-    "rotary: cache exact, 500": (500, True, "exact", 1, "rope"),
-    "rotary: cache rolling, 500": (500, True, "rolling", 1, "rope"),
+
+@dataclass(frozen=True)
+class Case:
+    new_tokens: int
+    use_cache: bool = True
+    mode: str = "exact"  # past-context mode
+    prompt_len: int = 1
+    position: str = "learned"
+    dtype: str = "float32"  # of the weights, activations and cache
+    threads: int = 0  # torch threads in the worker; 0: torch's default (one per core)
+
+
+CASES = {
+    "no cache, 250": Case(250, use_cache=False),
+    "cache, 250": Case(250),
+    "no cache, 500": Case(500, use_cache=False),
+    "cache exact, 500": Case(500),
+    "cache fast, 500": Case(500, mode="fast"),
+    "no cache, 255-token prompt": Case(1, use_cache=False, prompt_len=255),
+    "cache, 255-token prompt": Case(1, prompt_len=255),
+    "rotary: no cache, 500": Case(500, use_cache=False, position="rope"),
+    "rotary: cache exact, 500": Case(500, position="rope"),
+    "rotary: cache rolling, 500": Case(500, mode="rolling", position="rope"),
+    "cache, 250, 1 thread": Case(250, threads=1),
+    "cache, 250, bf16": Case(250, dtype="bfloat16"),
+    "cache, 250, bf16, 1 thread": Case(250, dtype="bfloat16", threads=1),
 }
 GROUPS = {
     "inside": ["no cache, 250", "cache, 250"],
     "past": ["no cache, 500", "cache exact, 500", "cache fast, 500"],
     "prefill": ["no cache, 255-token prompt", "cache, 255-token prompt"],
     "rotary": ["rotary: no cache, 500", "rotary: cache exact, 500", "rotary: cache rolling, 500"],
+    "options": ["cache, 250", "cache, 250, 1 thread", "cache, 250, bf16", "cache, 250, bf16, 1 thread"],
 }
 NUM_SAMPLES = 10
 
@@ -58,44 +89,92 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def worker(case: str, export: str, started: float) -> None:
+def worker(name: str, export: str, started: float) -> None:
     """One case in this process; prints one JSON line."""
     import torch
 
     from gpt.generate import load, sample_ids
 
-    new_tokens, use_cache, mode, prompt_len, _ = CASES[case]
-    model, tokenizer, _ = load(export, device="cpu", dtype="float32")
+    case = CASES[name]
+    if case.threads:
+        torch.set_num_threads(case.threads)
+    model, tokenizer, _ = load(export, device="cpu", dtype=case.dtype)
+    passes = record_passes(model)
     text = (Path(__file__).resolve().parent.parent / "gpt/assets/tinyshakespeare.txt").read_text()
-    prompt = tokenizer.encode(text[:prompt_len])
+    prompt = tokenizer.encode(text[: case.prompt_len])
     rss_before = rss_mib()
     t0 = time.perf_counter()
     first = None
     steps = 0
     for _ in sample_ids(
-        model, prompt, new_tokens, NUM_SAMPLES, temperature=0.8, seed=1337, context_mode=mode, use_cache=use_cache
-    ):
+        model, prompt, case.new_tokens, NUM_SAMPLES, temperature=0.8, seed=1337, context_mode=case.mode,
+        use_cache=case.use_cache,
+    ):  # fmt: skip
         if first is None:
             first = time.perf_counter()
             first_wall = time.time()
         steps += 1
     seconds = time.perf_counter() - t0
-    assert steps == new_tokens  # no end-of-text in a char vocabulary: every step ran
+    assert steps == case.new_tokens  # no end-of-text in a char vocabulary: every step ran
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     record = {
-        "case": case,
-        "tokens_per_s": NUM_SAMPLES * new_tokens / seconds,
+        "case": name,
+        "tokens_per_s": NUM_SAMPLES * case.new_tokens / seconds,
         "seconds": seconds,
         "ttft_ms": 1000 * (first - t0),
         "ttft_from_start_s": first_wall - started,
         "rss_before_mib": rss_before,
         "peak_rss_mib": peak,
         "threads": torch.get_num_threads(),
+        "passes": passes,
     }
     print(json.dumps(record), flush=True)
 
 
-def make_export(folder: Path, position: str) -> Path:
+def record_passes(model) -> list[tuple[int, int, bool]]:
+    """Every forward pass the model runs from now on, as (cached positions before it, new positions,
+    with a cache): what the roofline counts. Wraps the instance's forward."""
+    passes: list[tuple[int, int, bool]] = []
+    forward = model.forward
+
+    def recorded(idx, *args, cache=None, **kwargs):
+        passes.append((cache.pos if cache is not None else 0, idx.size(1), cache is not None))
+        return forward(idx, *args, cache=cache, **kwargs)
+
+    model.forward = recorded
+    return passes
+
+
+def measure_machine(dtypes: list[str]) -> dict[str, float]:
+    """The machine's limits, measured now with torch's default threads (see the module doc)."""
+    import torch
+
+    from gpt.config import load_config
+    from gpt.roofline import matmul_throughput, memory_bandwidth
+
+    C = load_config(["shakespeare_char"]).model.n_embd
+    found = {"bandwidth": memory_bandwidth()}
+    for dtype in dtypes:
+        found[f"square {dtype}"] = matmul_throughput(2048, 2048, 2048, getattr(torch, dtype))
+        found[f"decode {dtype}"] = matmul_throughput(NUM_SAMPLES, C, 4 * C, getattr(torch, dtype))
+    return found
+
+
+def limit_seconds(passes: list, dtype: str, machine: dict[str, float], cfg) -> float:
+    """The roofline time of these forward passes on this machine: the sum over passes of the larger of
+    bytes / bandwidth and FLOPs / the best matmul throughput measured in that dtype."""
+    import torch
+
+    from gpt import roofline
+
+    size = getattr(torch, dtype).itemsize
+    throughput = max(machine[f"square {dtype}"], machine[f"decode {dtype}"])
+    costs = (roofline.pass_cost(cfg, NUM_SAMPLES, past, new, size, cached) for past, new, cached in passes)
+    return sum(roofline.limit_seconds(c, machine["bandwidth"], throughput) for c in costs)
+
+
+def make_export(folder: Path, position: str):
+    """A random-init model of the shakespeare_char shape as a portable export: (its folder, its config)."""
     import torch
 
     from gpt.checkpoint import save_weights, write_export
@@ -111,14 +190,23 @@ def make_export(folder: Path, position: str) -> Path:
     model = build_model(cfg)
     save_weights(model.state_dict(), folder / "weights.safetensors")
     write_export(folder / "model", folder / "weights.safetensors", cfg, tokenizer, {"step": 0})
-    return folder / "model"
+    return folder / "model", cfg
+
+
+def run_measure(dtypes: list[str]) -> dict[str, float]:
+    """measure_machine in its own process: its 1 GiB buffer must not count in the cases' peak RSS."""
+    cmd = [sys.executable, __file__, "--measure", ",".join(dtypes)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    print(out.stdout.strip(), file=sys.stderr, flush=True)  # progress, as each result comes
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run_case(case: str, exports: dict[str, Path]) -> dict:
-    export = exports[CASES[case][4]]
+    export = exports[CASES[case].position][0]
     started = time.time()
     cmd = [sys.executable, __file__, "--worker", case, "--export", str(export), "--started", repr(started)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    print(out.stdout.strip()[:300], file=sys.stderr, flush=True)  # progress, as each result comes
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -129,38 +217,60 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--export", help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure_machine(args.measure.split(","))), flush=True)
+        return
     if args.worker:
         worker(args.worker, args.export, args.started)
         return
 
     cases = GROUPS[args.group]
     runs: dict[str, list[dict]] = {c: [] for c in cases}
+    machines: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        positions = {CASES[c][4] for c in cases}
+        positions = {CASES[c].position for c in cases}
         exports = {p: make_export(Path(tmp) / p, p) for p in positions}
         for _ in range(args.repeats):
+            machines.append(run_measure(sorted({CASES[c].dtype for c in cases})))
             for case in cases:  # interleaved, so slow drift of the machine hits every case alike
                 runs[case].append(run_case(case, exports))
+    machine = {k: max(m[k] for m in machines) for k in machines[0]}  # the best of every round's measure
+    report(args.group, cases, runs, machine, {p: cfg for p, (_, cfg) in exports.items()})
 
-    print(f"{args.group}: {NUM_SAMPLES} samples as one batch, median of {args.repeats} runs each, "
-          f"{runs[cases[0]][0]['threads']} torch threads")  # fmt: skip
-    print("| case | new tokens/s | generation s | first token ms | first token from start s | RSS MiB | peak RSS MiB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    med = {c: {k: statistics.median(r[k] for r in runs[c]) for k in runs[c][0] if k != "case"} for c in cases}
+
+def report(group: str, cases: list[str], runs: dict[str, list[dict]], machine: dict[str, float], cfgs) -> None:
+    """The markdown table of medians, the machine's limits and the share of them each case reached."""
+    repeats = len(runs[cases[0]])
+    print(f"{group}: {NUM_SAMPLES} samples as one batch, median of {repeats} runs each, "
+          f"{runs[cases[0]][0]['threads']} torch threads unless the case says")  # fmt: skip
+    print(
+        f"machine (best of {repeats} rounds): read bandwidth {machine['bandwidth'] / 1e9:.1f} GB/s; matmul "
+        + "; ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in machine.items() if k != "bandwidth")
+    )
+    print(
+        "| case | new tokens/s | generation s | limit s | share of limit | first token ms "
+        "| first token from start s | RSS MiB | peak RSS MiB |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    numbers = [k for k in runs[cases[0]][0] if k not in ("case", "passes")]
+    med = {c: {k: statistics.median(r[k] for r in runs[c]) for k in numbers} for c in cases}
     for c in cases:
-        m = med[c]
+        m, case = med[c], CASES[c]
+        limit = limit_seconds(runs[c][0]["passes"], case.dtype, machine, cfgs[case.position])
         print(
-            f"| {c} | {m['tokens_per_s']:,.0f} | {m['seconds']:.2f} | {m['ttft_ms']:.1f} | "
-            f"{m['ttft_from_start_s']:.2f} | {m['rss_before_mib']:.0f} | {m['peak_rss_mib']:.0f} |"
+            f"| {c} | {m['tokens_per_s']:,.0f} | {m['seconds']:.2f} | {limit:.2f} | {limit / m['seconds']:.0%} "
+            f"| {m['ttft_ms']:.1f} | {m['ttft_from_start_s']:.2f} | {m['rss_before_mib']:.0f} "
+            f"| {m['peak_rss_mib']:.0f} |"
         )
-    baseline = next(c for c in cases if "no cache" in c)
+    baseline = next((c for c in cases if "no cache" in c), cases[0])
     for c in cases:
         if c != baseline:
             speed = med[c]["tokens_per_s"] / med[baseline]["tokens_per_s"]
             first = med[c]["ttft_ms"] / med[baseline]["ttft_ms"]
-            if CASES[c][0] > 1:
-                print(f"{c} vs {baseline}: {speed:.1f}x the new tokens/s; first token in {first:.2f}x the time")
+            if CASES[c].new_tokens > 1:
+                print(f"{c} vs {baseline}: {speed:.2f}x the new tokens/s; first token in {first:.2f}x the time")
             else:  # one new token: only the time to the first token means anything
                 print(f"{c} vs {baseline}: first token in {first:.2f}x the time")
     print(

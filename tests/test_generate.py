@@ -11,7 +11,8 @@ import torch
 from gpt.config import ModelConfig
 from gpt.errors import UserError
 from gpt.generate import BatchDecoder, Sampling, filter_logits, generate_text, generate_tokens, pick_dtype, sample_ids
-from gpt.model import GPT, KVCache
+from gpt.kv_cache import KVCache
+from gpt.model import GPT
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer
 
 from conftest import ROOT, env, random_export, run_script
