@@ -80,9 +80,9 @@ def test_help_lists_every_key_with_its_doc():
         assert f"{key} (" in text and doc in text
 
 
-def test_readme_config_table_is_up_to_date():
-    readme = (ROOT / "README.md").read_text()
-    assert markdown_table() in readme, "regenerate the README table with: python -m gpt.config --markdown"
+def test_config_reference_table_is_up_to_date():
+    page = (ROOT / "docs" / "config.md").read_text()
+    assert markdown_table() in page, "regenerate docs/config.md's table with: python -m gpt.config --markdown"
 
 
 def test_cpu_threads_share_the_cores_over_the_processes_of_a_machine():

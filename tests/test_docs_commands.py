@@ -1,5 +1,5 @@
 """Every launch command the documentation shows must start and fit: each is extracted from README.md,
-launch/README.md, the comments of launch/*.yaml and configs/*.yaml and the header of
+docs/*.md, launch/README.md, the comments of launch/*.yaml and configs/*.yaml and the header of
 launch/slurm.sbatch, its world size derived (processes, or nodes x GPUs per node), and it is planned
 with gpt.plan as train.py would split it; a command on GPUs must also fit the GPU its text names."""
 
@@ -41,7 +41,8 @@ class Launch:
 def documented_lines() -> list[tuple[str, str]]:
     """(line, file) for every line of documentation that holds a launch command."""
     found = []
-    for name in ("README.md", "launch/README.md"):
+    pages = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").glob("*.md"))]
+    for name in ("README.md", "launch/README.md", *pages):
         text = (ROOT / name).read_text()
         for block in re.findall(r"```(?:bash)?\n(.*?)```", text, re.S):
             found += [(line, name) for line in block.replace("\\\n", " ").splitlines()]
