@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gpt.config import ModelConfig
 from gpt.prepare import prepare_text
 from gpt.tokenizer import ASSETS
 
@@ -39,13 +40,29 @@ def data_root(tmp_path_factory, shakespeare) -> Path:
     return root
 
 
+def tiny(**kw) -> ModelConfig:
+    """A model of 2 layers, 32 wide, 16 tokens of context and a 65-character vocabulary; ``kw`` overrides."""
+    return ModelConfig(**(dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, dropout=0.0) | kw))
+
+
+def fake_export(folder, tokenizer):
+    """A real export of an untrained model, written the way the trainer writes it."""
+    from gpt.checkpoint import save_weights, write_export
+    from gpt.model import build_model
+
+    cfg = ModelConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=tokenizer.vocab_size)
+    weights = folder / "w.safetensors"
+    save_weights(build_model(cfg).state_dict(), weights)
+    write_export(folder / "model", weights, cfg, tokenizer, {"step": 0})
+    return folder / "model"
+
+
 def random_export(folder: Path, tokenizer, block_size: int, sharp: bool = False) -> Path:
     """A small randomly initialised GPT (2 layers, 32 wide) written to ``folder`` as the package exports
     models; ``sharp``: matrices large enough that its choices depend on the context."""
     import torch
 
     from gpt.checkpoint import save_weights, write_export
-    from gpt.config import ModelConfig
     from gpt.model import GPT
 
     torch.manual_seed(0)

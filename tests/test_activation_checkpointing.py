@@ -11,17 +11,13 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import Checkpoi
 
 from gpt.activation_checkpointing import apply, wrap_blocks
 from gpt.checkpoint import load_exported, resolve_export
-from gpt.config import ModelConfig, load_config
+from gpt.config import load_config
 from gpt.errors import UserError
 from gpt.fsdp import accelerate_plugin
 from gpt.model import GPT
 from gpt.trainer import train
 
-from conftest import TINY
-
-
-def tiny(**kw) -> ModelConfig:
-    return ModelConfig(**(dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65) | kw))
+from conftest import TINY, tiny
 
 
 def step(model: GPT, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:

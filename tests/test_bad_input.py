@@ -8,7 +8,7 @@ import pytest
 
 from gpt.prepare import main as prepare_main
 
-from conftest import ROOT, TINY, env, run_script
+from conftest import ROOT, TINY, env, fake_export, run_script
 
 
 def assert_clean_error(r, *fragments):
@@ -161,16 +161,3 @@ def make_text(folder, text):
     path = folder / "corpus.txt"
     path.write_text(text)
     return path
-
-
-def fake_export(folder, tokenizer):
-    """A real export of an untrained model, written the way the trainer writes it."""
-    from gpt.checkpoint import save_weights, write_export
-    from gpt.config import ModelConfig
-    from gpt.model import build_model
-
-    cfg = ModelConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=tokenizer.vocab_size)
-    weights = folder / "w.safetensors"
-    save_weights(build_model(cfg).state_dict(), weights)
-    write_export(folder / "model", weights, cfg, tokenizer, {"step": 0})
-    return folder / "model"

@@ -7,20 +7,16 @@ import torch
 from torch.nn import functional as F
 
 import gpt.model
-from gpt.config import ModelConfig
 from gpt.errors import UserError
 from gpt.generate import generate_tokens
 from gpt.model import GPT, apply_rope, num_params, rope_rotation
+
+from conftest import tiny
 
 ALL_ON = dict(
     position="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", tie_head=False, zero_init_proj=True, bias=False,
     attention="explicit",
 )  # fmt: skip
-
-
-def tiny(**kw) -> ModelConfig:
-    base = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, dropout=0.0)
-    return ModelConfig(**(base | kw))
 
 
 def randomise(model: GPT) -> GPT:

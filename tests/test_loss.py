@@ -10,12 +10,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from gpt.config import ModelConfig
 from gpt.model import GPT
 
+from conftest import tiny
+
 V = 512  # a vocabulary large enough that its logits dwarf everything else of this tiny model
-
-
-def tiny(**kw) -> ModelConfig:
-    base = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=V, dropout=0.0)
-    return ModelConfig(**(base | kw))
 
 
 def batch(B: int = 3, T: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,7 +25,7 @@ def batch(B: int = 3, T: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.T
 
 def loss_and_grads(chunk: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     torch.manual_seed(0)
-    model = GPT(tiny(loss_chunk=chunk))
+    model = GPT(tiny(n_layer=1, n_embd=16, vocab_size=V, loss_chunk=chunk))
     _, loss = model(*batch())
     loss.backward()
     return loss, {n: p.grad for n, p in model.named_parameters()}
@@ -46,7 +43,7 @@ def test_chunked_loss_and_gradients_equal_the_whole_ones(chunk):
 @pytest.mark.parametrize("chunk", [-1, 7])
 def test_loss_is_the_float32_cross_entropy_of_the_logits_over_kept_targets(chunk):
     torch.manual_seed(0)
-    model = GPT(tiny(loss_chunk=chunk)).eval()
+    model = GPT(tiny(n_layer=1, n_embd=16, vocab_size=V, loss_chunk=chunk)).eval()
     idx, targets = batch()
     logits, none = model(idx)
     assert none is None
@@ -68,7 +65,7 @@ def test_loss_is_the_float32_cross_entropy_of_the_logits_over_kept_targets(chunk
 
 
 def test_training_through_accelerates_autocast_returns_no_logits():
-    model = GPT(tiny(loss_chunk=7))
+    model = GPT(tiny(n_layer=1, n_embd=16, vocab_size=V, loss_chunk=7))
     # what Accelerator(mixed_precision="bf16").prepare_model does to forward (an Accelerator here would fix
     # the precision for every later test of this process)
     model.forward = convert_outputs_to_fp32(torch.autocast("cpu", dtype=torch.bfloat16)(model.forward))
@@ -102,7 +99,7 @@ class LargestTensor(TorchDispatchMode):
 def saved_bytes_and_largest_tensor(chunk: int, B: int, T: int) -> tuple[int, int]:
     """Bytes autograd keeps for backward (distinct storages), and the largest tensor of a training step."""
     torch.manual_seed(0)
-    model = GPT(tiny(loss_chunk=chunk, block_size=T))
+    model = GPT(tiny(n_layer=1, n_embd=16, vocab_size=V, loss_chunk=chunk, block_size=T))
     idx = torch.randint(0, V, (B, T))
     storages: dict[int, int] = {}
 

@@ -4,13 +4,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from gpt.config import ModelConfig
 from gpt.model import GPT, BigramLanguageModel, build_model
 
-
-def tiny(**kw) -> ModelConfig:
-    base = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, dropout=0.0)
-    return ModelConfig(**(base | kw))
+from conftest import tiny
 
 
 def test_future_tokens_do_not_change_past_logits():

@@ -16,13 +16,9 @@ from gpt.model import GPT
 from gpt.optim import MuonWithAdamW, build_optimizer, set_lr
 from gpt.schedule import lr_at
 
-from conftest import ROOT, TINY, accelerate_launch, env, free_port, run_script
+from conftest import ROOT, TINY, accelerate_launch, env, free_port, run_script, tiny
 
 HELPER = "tests/helpers/train_and_fingerprint.py"
-
-
-def tiny(**kw) -> ModelConfig:
-    return ModelConfig(**(dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65) | kw))
 
 
 @pytest.mark.parametrize("features", [{}, {"tie_head": False}, {"pad_vocab_to": 64}, {"bias": False, "n_layer": 3}])

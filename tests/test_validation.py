@@ -12,13 +12,12 @@ import sys
 
 import numpy as np
 import pytest
-from test_bad_input import fake_export
 
 from gpt.config import SampleConfig, load_config, parse_flags, resume_changes, to_dict
 from gpt.data import HEADER_SIZE, TokenFile, TokenStream, write_token_file
 from gpt.errors import UserError
 
-from conftest import ROOT, TINY, env, free_port, run_script
+from conftest import ROOT, TINY, env, fake_export, free_port, run_script
 
 # (arguments of train.py, what the one line must name)
 BAD_CONFIG = [
