@@ -6,7 +6,7 @@ import pytest
 from gpt.config import Config, help_text, load_config, markdown_table, reference_rows
 from gpt.errors import UserError
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 
 
 def test_defaults_without_arguments():
@@ -136,3 +136,17 @@ def test_every_model_field_says_whether_it_is_architecture():
     assert not {"dropout", "attention", "loss_chunk", "init_from"} & set(architecture_fields())
     assert set(gpt2_values()) <= set(architecture_fields())
     assert all(getattr(ModelConfig(), k) == v for k, v in gpt2_values().items())  # the defaults are GPT-2's
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model.n_embd=36", "model.n_head=4", "model.position=rope"], "needs an even head size"),
+        (["model.pad_vocab_to=0"], "'model.pad_vocab_to' must be >= 1"),
+        (["train.time_budget_s=-1"], "'train.time_budget_s' must be >= 0"),
+        (["train.muon_momentum=1.5"], r"'train.muon_momentum' must be in \[0, 1\)"),
+    ],
+)
+def test_bad_feature_settings_are_refused(args, message):
+    with pytest.raises(UserError, match=message):
+        load_config(args)

@@ -1,6 +1,7 @@
 """End to end, as a user runs it: train.py, then sample.py, in subprocesses."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from gpt.checkpoint import latest_checkpoint, load_exported
+from gpt.config import TrainConfig
 from gpt.data import TokenStream, split_files
 
 import wandb_offline
@@ -166,7 +168,6 @@ def test_same_seed_same_samples(trained):
 def test_resume_continues_from_the_latest_checkpoint(trained, data_root, tmp_path):
     src, _ = trained
     out = tmp_path / "resumed"
-    import shutil
 
     shutil.copytree(src, out)
     r = run_script(
@@ -223,3 +224,19 @@ def test_mfu_is_logged_against_the_configured_peak(trained):
         if "train/loss" in m:
             assert m["mfu"] == pytest.approx(m["tokens_per_s"] * per_token / 0.05e12)
             assert history[m["step"]]["mfu"] == pytest.approx(m["mfu"])
+
+
+def test_time_budget_ends_training_and_decays_the_lr(tmp_path, data_root):
+    out = tmp_path / "budget"
+    args = [*TINY, f"data.root={data_root}", "data.dataset=tiny", f"out_dir={out}", "train.max_steps=1000000"]
+    budget = ["train.time_budget_s=15", "train.min_lr=0", "train.log_interval=1", "train.eval_interval=100000"]
+    r = run_script("train.py", *args, *budget)
+    assert r.returncode == 0, r.stderr
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in logged if "train/loss" in r]  # the training steps' records (not the final evaluation)
+    last = records[-1]
+    assert 5 < last["step"] < 1_000_000 and "eval/val/loss" in last  # stopped by the clock, then evaluated
+    assert max(r["lr"] for r in records) == pytest.approx(TrainConfig().learning_rate)  # warm-up to the top...
+    assert last["lr"] < 0.05 * TrainConfig().learning_rate  # ...and the cosine has come down with the time
+    state = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())
+    assert 15 <= state["elapsed_s"] < 15 + 120
