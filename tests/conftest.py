@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from gpt.config import ModelConfig
 from gpt.prepare import prepare_text
@@ -43,6 +44,14 @@ def data_root(tmp_path_factory, shakespeare) -> Path:
 def tiny(**kw) -> ModelConfig:
     """A model of 2 layers, 32 wide, 16 tokens of context and a 65-character vocabulary; ``kw`` overrides."""
     return ModelConfig(**(dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, dropout=0.0) | kw))
+
+
+def randomise(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial weights everywhere (zero-initialised projections would hide bugs)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
 
 
 def fake_export(folder, tokenizer):
