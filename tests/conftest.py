@@ -66,6 +66,24 @@ def fake_export(folder, tokenizer):
     return folder / "model"
 
 
+@pytest.fixture(scope="module")
+def char_export(tmp_path_factory, data_root):
+    """An untrained export with the tokenizer of data_root/tiny."""
+    from gpt.tokenizer import load_tokenizer
+
+    return fake_export(tmp_path_factory.mktemp("export"), load_tokenizer(data_root / "tiny" / "tokenizer.json"))
+
+
+def assert_one_line(r, *fragments):
+    """``r`` (a finished entry point) failed with exit code 2 and one line on stderr holding each fragment."""
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 def random_export(folder: Path, tokenizer, block_size: int, sharp: bool = False) -> Path:
     """A small randomly initialised GPT (2 layers, 32 wide) written to ``folder`` as the package exports
     models; ``sharp``: matrices large enough that its choices depend on the context."""
@@ -110,6 +128,12 @@ def run_script(script: str, *args: str, cwd: Path | None = None, timeout: float 
         [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env(**extra_env), capture_output=True,
         text=True, timeout=timeout,
     )  # fmt: skip
+
+
+def run_module(module: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
+    """``python -m module args`` with this interpreter; returns the CompletedProcess."""
+    cmd = [sys.executable, "-m", module, *args]
+    return subprocess.run(cmd, env=env(), cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def accelerate_launch(*args: str, cwd: Path | None = None, timeout: float = 300, **extra_env: str):

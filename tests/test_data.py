@@ -11,6 +11,8 @@ from gpt.data import (
 )
 from gpt.errors import UserError
 
+from conftest import TINY, assert_one_line, run_script
+
 
 def test_token_file_round_trip_uint16(tmp_path):
     tokens = np.random.default_rng(0).integers(0, 65, size=1000)
@@ -123,3 +125,49 @@ def test_too_short_corpus_is_refused(tmp_path):
     stream = TokenStream([write_token_file(tmp_path / "t.tok", np.arange(10), vocab_size=10, identity="x")])
     with pytest.raises(UserError, match="at least block_size \\+ 1"):
         stream.check_fits(16)
+
+
+def corrupt(path, position: int, token_id: int, record_max: bool = True) -> None:
+    data = bytearray(path.read_bytes())
+    data[HEADER_SIZE + 2 * position : HEADER_SIZE + 2 * position + 2] = token_id.to_bytes(2, "little")
+    if not record_max:
+        data[HEADER_SIZE - 4 : HEADER_SIZE] = bytes(4)  # as files written before the largest id was recorded
+    path.write_bytes(bytes(data))
+
+
+def test_ids_beyond_the_vocabulary_are_found_at_open_and_in_every_window(tmp_path):
+    tokens = np.arange(200_000) % 65
+    good = write_token_file(tmp_path / "good.tok", tokens, 65, "x")
+    assert len(TokenFile(good)) == 200_000
+    old = write_token_file(tmp_path / "old.tok", tokens, 65, "x")
+    corrupt(old, 0, 0, record_max=False)
+    assert len(TokenFile(old)) == 200_000  # files without a recorded largest id still open
+
+    lying = write_token_file(tmp_path / "lying.tok", tokens, 65, "x")
+    corrupt(lying, 3, 300, record_max=False)  # inside the sample read at open
+    with pytest.raises(UserError, match=f"{lying} holds token id 300 \\(at token 3\\), beyond its vocabulary of 65"):
+        TokenFile(lying)
+    recorded = tmp_path / "recorded.tok"
+    recorded.write_bytes(
+        good.read_bytes()[: HEADER_SIZE - 4] + (1000).to_bytes(4, "little") + tokens.astype("<u2").tobytes()
+    )
+    with pytest.raises(UserError, match=f"{recorded} holds token id 999, beyond its vocabulary"):
+        TokenFile(recorded)
+
+    hidden = write_token_file(tmp_path / "hidden.tok", tokens, 65, "x")
+    corrupt(hidden, 105_000, 300)  # between the pieces sampled at open
+    stream = TokenStream([good, hidden])
+    with pytest.raises(UserError, match=f"{hidden} holds token id 300 \\(at token 105,000\\)"):
+        stream.windows(np.array([0, 200_000 + 104_990]), 20)
+    with pytest.raises(UserError, match=f"{hidden} holds token id 300"):
+        stream.window(200_000 + 104_999, 5)
+
+
+def test_train_names_the_token_file_with_a_bad_id(tmp_path, data_root):
+    import shutil
+
+    shutil.copytree(data_root / "tiny", tmp_path / "bad")
+    val = tmp_path / "bad" / "val-000000.tok"
+    corrupt(val, 10, 999)
+    r = run_script("train.py", *TINY, f"data.root={tmp_path}", "data.dataset=bad", cwd=tmp_path)
+    assert_one_line(r, f"{val} holds token id 999 (at token 10), beyond its vocabulary")

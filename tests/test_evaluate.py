@@ -12,11 +12,12 @@ from torch.nn import functional as F
 from gpt.checkpoint import save_weights, write_export
 from gpt.config import ModelConfig
 from gpt.data import TokenStream, split_files, write_token_file
+from gpt.errors import UserError
 from gpt.evaluation import evaluate_split, token_byte_lengths
 from gpt.model import GPT, BigramLanguageModel
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer, load_tokenizer
 
-from conftest import ROOT, accelerate_launch, env, free_port
+from conftest import ROOT, accelerate_launch, assert_one_line, env, free_port, run_module
 
 CPU_CONFIG = str(ROOT / "launch" / "cpu_multiprocess.yaml")
 
@@ -163,3 +164,25 @@ def test_in_loop_evaluation_runs_one_batch_shape(data_root):
     losses = evaluate(run)
     assert seen.shapes == {(4, 8)}  # 10 windows: 4 + 4 + 2 padded to 4
     assert set(losses) == {"train/loss", "val/loss"} and 3.5 < losses["val/loss"] < 5.5
+
+
+def test_evaluate_refuses_an_unwritable_destination_before_the_pass(tmp_path, char_export, data_root):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    common = ["--out_dir", str(char_export), "--data", str(data_root / "tiny")]
+    r = run_module("gpt.evaluate", *common, "--json", str(blocker / "eval.json"))
+    assert_one_line(r, f"cannot write the results to {blocker / 'eval.json'}: {blocker} is a file")
+    assert "loss" not in r.stdout  # refused before the pass
+
+
+def test_evaluate_prints_its_figures_before_writing_them(tmp_path, char_export, data_root, capsys, monkeypatch):
+    from gpt import evaluate, evaluation
+
+    def read_only(path, record):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(evaluation, "write_json", read_only)
+    args = ["--out_dir", str(char_export), "--data", str(data_root / "tiny"), "--json", str(tmp_path / "e.json")]
+    with pytest.raises(UserError, match="could not write .*e.json \\(Permission denied\\); the figures are above"):
+        evaluate.main(args)
+    assert "bits per byte" in capsys.readouterr().out

@@ -5,10 +5,11 @@ import sys
 
 import numpy as np
 import pytest
+from test_config import BAD_CONFIG
 
 from gpt.prepare import main as prepare_main
 
-from conftest import ROOT, TINY, env, fake_export, run_script
+from conftest import ROOT, TINY, assert_one_line, env, fake_export, run_script
 
 
 def assert_clean_error(r, *fragments):
@@ -161,3 +162,40 @@ def make_text(folder, text):
     path = folder / "corpus.txt"
     path.write_text(text)
     return path
+
+
+# A sample of the table through train.py itself: one line on stderr, exit code 2, no traceback.
+THROUGH_TRAIN = [BAD_CONFIG[i] for i in (0, 6, 9, 10, 12, 13, 15, 18)]
+
+
+@pytest.mark.parametrize("args, message", THROUGH_TRAIN, ids=[" ".join(a) for a, _ in THROUGH_TRAIN])
+def test_train_script_gives_one_line(args, message, tmp_path):
+    assert_one_line(run_script("train.py", *args, cwd=tmp_path), message)
+
+
+def test_paths_that_cannot_be_folders(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for key in ("out_dir", "data.root"):
+        assert_one_line(run_script("train.py", f"{key}={blocker}", cwd=tmp_path), f"{key} {blocker} is a file")
+    r = run_script("train.py", f"out_dir={blocker}/run", cwd=tmp_path)
+    assert_one_line(r, f"out_dir {blocker}/run is under {blocker}, which is a file")
+
+
+def test_non_utf8_preset_names_the_file(tmp_path):
+    preset = tmp_path / "latin1.yaml"
+    preset.write_bytes("train:\n  max_steps: 10  # r\xe9sum\xe9\n".encode("latin-1"))
+    assert_one_line(run_script("train.py", str(preset), cwd=tmp_path), f"config preset {preset} is not UTF-8")
+
+
+def test_sample_script_gives_one_line(char_export):
+    r = run_script("sample.py", "--out_dir", str(char_export), "--temperature", "nan")
+    assert_one_line(r, "'--temperature' must be finite")
+    r = run_script("sample.py", "--out_dir", str(char_export), "--num_samples", "1000000000")
+    assert_one_line(r, "1,000,000,000 samples of up to", "GiB free on", "lower num_samples")
+
+
+def test_a_model_too_large_for_memory_is_refused_before_it_is_built(tmp_path, data_root):
+    args = [*TINY, f"data.root={data_root}", "data.dataset=tiny", "model.n_embd=1000000", "model.n_head=1"]
+    r = run_script("train.py", *args, f"out_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_one_line(r, "the model has 24,000,", "GiB free on this machine; make it smaller (model.n_layer")

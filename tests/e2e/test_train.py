@@ -1,6 +1,7 @@
 """End to end, as a user runs it: train.py, then sample.py, in subprocesses."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from gpt.config import TrainConfig
 from gpt.data import TokenStream, split_files
 
 import wandb_offline
-from conftest import TINY, env, run_script
+from conftest import ROOT, TINY, env, free_port, run_script
 
 
 def metrics(out: Path) -> list[dict]:
@@ -240,3 +241,27 @@ def test_time_budget_ends_training_and_decays_the_lr(tmp_path, data_root):
     assert last["lr"] < 0.05 * TrainConfig().learning_rate  # ...and the cosine has come down with the time
     state = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())
     assert 15 <= state["elapsed_s"] < 15 + 120
+
+
+@pytest.mark.slow
+def test_wandb_without_network_falls_back_to_offline(tmp_path, data_root):
+    """Credentials, but W&B's address refuses connections: the run trains, offline, and says so."""
+    out = tmp_path / "run"
+    args = [*TINY, "train.max_steps=2", "train.final_eval=false", "train.eval_samples=0", f"data.root={data_root}"]
+    args += ["data.dataset=tiny", f"out_dir={out}", "wandb.init_timeout_s=1"]
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        env=env(
+            WANDB_MODE="online", WANDB_API_KEY="x" * 40, WANDB_BASE_URL=f"http://127.0.0.1:{free_port()}",
+            WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"), WANDB_CACHE_DIR=str(tmp_path / "wandb-cache"),
+            WANDB_DATA_DIR=str(tmp_path / "wandb-data"),
+        ),  # fmt: skip
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    (line,) = [x for x in r.stdout.splitlines() if x.startswith("W&B could not start the run online")]
+    assert "continuing offline" in line and "wandb sync " in line
+    run_dir = line.split("wandb sync ")[-1]
+    assert os.path.isdir(run_dir) and "offline-run-" in run_dir
+    assert (out / "checkpoints" / "step-0000002").is_dir()
