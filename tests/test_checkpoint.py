@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from gpt import checkpoint as ckpt
 from gpt.checkpoint import (
     MANIFEST,
     check_same_model,
@@ -113,3 +114,17 @@ def test_resume_refuses_another_architecture(tmp_path):
     check_same_model(saved, tiny(), tmp_path)
     with pytest.raises(UserError, match="model.position is 'learned' in the checkpoint but 'rope' now"):
         check_same_model(saved, tiny(position="rope"), tmp_path)
+
+
+def test_a_hard_linked_file_is_hashed_once(tmp_path, monkeypatch):
+    from gpt import durable
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "w.bin").write_bytes(b"w" * 1000)
+    (tmp_path / "model" / "w.bin").hardlink_to(tmp_path / "w.bin")
+    calls = []
+    real = durable.sha256
+    monkeypatch.setattr(durable, "sha256", lambda path, sync=False: calls.append(path) or real(path, sync))
+    ckpt.write_manifest(tmp_path)
+    ckpt.verify(tmp_path)
+    assert len(calls) == 2  # one hash when writing, one when verifying: not one per name

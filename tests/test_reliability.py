@@ -2,17 +2,12 @@
 every resume is exact, and every bad input is one clear line (figures in docs/reliability.md)."""
 
 import json
-import math
 import signal
 import subprocess
 import sys
 import time
 
-import pytest
-
 from gpt import checkpoint as ckpt
-from gpt.errors import UserError
-from gpt.runfiles import MetricsLog, lock_run_dir
 
 from conftest import ROOT, TINY, env, run_script
 
@@ -92,99 +87,3 @@ def test_a_second_training_on_a_run_folder_is_refused_and_readers_never_see_a_ha
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=120)
     assert first.returncode == 75
-
-
-def test_metrics_are_strict_json_and_a_torn_line_or_replayed_steps_are_dropped_on_resume(tmp_path):
-    log = MetricsLog(tmp_path, enabled=True)
-    for step in (1, 2, 3):
-        log.write({"step": step, "train/loss": 1.0 / step, "grad_norm": math.inf if step == 2 else 0.5})
-    rows = [
-        json.loads(line, parse_constant=pytest.fail) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert rows[1]["grad_norm"] is None  # a step the fp16 scaler skipped: null, not Infinity
-    with open(tmp_path / "metrics.jsonl", "a") as f:
-        f.write('{"step": 4, "train/lo')  # cut short by a crash or a full disk
-    MetricsLog(tmp_path, enabled=True, resumed_step=2).write({"step": 3, "train/loss": 0.25})
-    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3]
-
-
-def test_the_run_lock_is_reentrant_in_one_process_and_freed_when_released(tmp_path):
-    first = lock_run_dir(tmp_path)
-    again = lock_run_dir(tmp_path)  # train() called twice in one process (a notebook)
-    again.release()
-    code = f"from gpt.runfiles import lock_run_dir; lock_run_dir({str(tmp_path)!r})"
-    holder = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=120)
-    assert holder.returncode != 0 and "in use by another training" in holder.stderr
-    first.release()
-    lock_run_dir(tmp_path).release()
-
-
-def test_a_full_disk_names_what_survived(tmp_path):
-    from gpt.guards import disk_full_error
-
-    folder = tmp_path / "run" / "checkpoints" / "step-0000010"
-    folder.mkdir(parents=True)
-    (folder / "w.bin").write_bytes(b"x" * 4096)
-    ckpt.write_manifest(folder)
-    partial = tmp_path / "run" / "checkpoints" / ".tmp-step-0000020"
-    partial.mkdir()
-    error = disk_full_error(OSError(28, "No space left on device"), str(tmp_path / "run"), "checkpoint 20", partial)
-    assert isinstance(error, UserError) and not partial.exists()
-    assert f"the checkpoint {folder} is intact" in str(error) and "MiB free" in str(error)
-    assert disk_full_error(ValueError("something else"), str(tmp_path / "run"), "x") is None
-
-
-def test_the_finite_watch_counts_divergence_but_not_steps_the_fp16_scaler_skipped():
-    import torch
-
-    from gpt.guards import FiniteWatch
-
-    fp32, fp16 = FiniteWatch(torch.device("cpu"), fp16=False), FiniteWatch(torch.device("cpu"), fp16=True)
-    for watch in (fp32, fp16):
-        watch.after_step(torch.tensor(2.0), torch.tensor(1.0), skipped=False)
-        watch.after_step(torch.tensor(2.0), torch.tensor(math.inf), skipped=watch.fp16)
-    assert fp32.bad_steps.item() == 1 and fp16.bad_steps.item() == 0 and fp16.skipped_steps == 1
-    fp16.after_step(torch.tensor(math.nan), torch.tensor(1.0), skipped=False)
-    assert fp16.bad_steps.item() == 1  # a NaN loss is divergence under any precision
-
-
-def test_a_hard_linked_file_is_hashed_once(tmp_path, monkeypatch):
-    from gpt import durable
-
-    (tmp_path / "model").mkdir()
-    (tmp_path / "w.bin").write_bytes(b"w" * 1000)
-    (tmp_path / "model" / "w.bin").hardlink_to(tmp_path / "w.bin")
-    calls = []
-    real = durable.sha256
-    monkeypatch.setattr(durable, "sha256", lambda path, sync=False: calls.append(path) or real(path, sync))
-    ckpt.write_manifest(tmp_path)
-    ckpt.verify(tmp_path)
-    assert len(calls) == 2  # one hash when writing, one when verifying: not one per name
-
-
-def test_a_metrics_write_cut_short_by_a_full_disk_leaves_no_torn_line(tmp_path):
-    import resource
-
-    log = MetricsLog(tmp_path, enabled=True)
-    log.write({"step": 1, "train/loss": 2.0})
-    size = (tmp_path / "metrics.jsonl").stat().st_size
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails instead of killing us
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 10, hard))  # room for 10 bytes of the next record
-    try:
-        with pytest.raises(UserError, match="no space left"):
-            log.write({"step": 2, "train/loss": 1.5, "note": "x" * 100})
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
-    assert (tmp_path / "metrics.jsonl").stat().st_size == size  # the 10 bytes that fitted were taken back
-
-
-def test_a_missing_rng_file_is_a_warning_and_an_unreadable_one_is_refused(tmp_path):
-    from gpt.resume import check_rng_state
-
-    assert "process 1 starts with fresh random states" in check_rng_state(tmp_path, rank=1)
-    (tmp_path / "random_states_1.pkl").write_bytes(b"not a pickle")
-    with pytest.raises(UserError, match="cannot resume exactly: .*random_states_1.pkl is unreadable"):
-        check_rng_state(tmp_path, rank=1)
