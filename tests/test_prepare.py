@@ -487,3 +487,12 @@ def test_a_huge_single_line_is_prepared_in_bounded_memory(tmp_path):
         assert growth < 2 * size, f"{sample_by}: peak memory {growth / 2**20:.0f} MiB above a small file's"
     manifest = json.loads((tmp_path / "out-line" / "prepare.json").read_text())
     assert manifest["train"] + manifest["val"] == size and manifest["documents"]["total"] == 1
+
+
+def test_non_utf8_input_says_where(tmp_path, capsys):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("hello\nthere caf\xe9\n".encode("latin-1"))
+    assert prepare_main(["--input", str(path), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "is not UTF-8" in err and "line 2, column 10" in err
+    assert not (tmp_path / "x").exists()

@@ -62,15 +62,6 @@ def test_wrong_magic(tmp_path, data_root):
     assert_clean_error(r, "is not a token file")
 
 
-def test_non_utf8_input_says_where(tmp_path, capsys):
-    path = tmp_path / "latin1.txt"
-    path.write_bytes("hello\nthere caf\xe9\n".encode("latin-1"))
-    assert prepare_main(["--input", str(path), "--out", str(tmp_path / "x")]) == 2
-    err = capsys.readouterr().err
-    assert "is not UTF-8" in err and "line 2, column 10" in err
-    assert not (tmp_path / "x").exists()
-
-
 def test_prompt_with_unknown_characters(tmp_path):
     from gpt.tokenizer import CharTokenizer
 
@@ -147,15 +138,6 @@ def test_starting_fresh_over_a_run_is_refused(tmp_path, data_root):
         cwd=tmp_path,
     )
     assert_clean_error(r, "already holds checkpoints", "resume=auto")
-
-
-@pytest.mark.parametrize("world", [3])
-def test_indivisible_batch_is_refused_with_the_numbers(world):
-    from gpt.errors import UserError
-    from gpt.trainer import accumulation_steps
-
-    with pytest.raises(UserError, match=r"batch_size \(32\) is not a multiple of .* \(4\) x 3 processes = 12"):
-        accumulation_steps(32, 4, world)
 
 
 def make_text(folder, text):

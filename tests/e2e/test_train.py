@@ -57,19 +57,6 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint(trained):
     assert "\nstep 1 | loss " in r.stdout  # the first step's line, before log_interval steps have run
 
 
-def test_a_slow_first_step_says_when_the_next_line_comes():
-    from gpt.config import TrainConfig
-    from gpt.trainer import next_line_note
-
-    t = TrainConfig(log_interval=50, max_steps=1500)
-    assert next_line_note(1, {"step_ms": 2000.0}, t) == "next line at step 50, in about 98 s"
-    assert next_line_note(1, {"step_ms": 100.0}, t) == ""  # 5 s away: no note
-    assert next_line_note(50, {"step_ms": 2000.0}, t) == ""
-    assert next_line_note(1, {"step_ms": 2000.0}, TrainConfig(log_interval=50, max_steps=20)).startswith(
-        "next line at step 20,"
-    )
-
-
 def test_export_loads_into_a_plain_model(trained):
     out, _ = trained
     model, tokenizer, meta = load_exported(out)
