@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from gpt.config import TrainConfig
-
 
 def test_a_slow_first_step_says_when_the_next_line_comes():
+    from gpt.config import TrainConfig
     from gpt.trainer import next_line_note
 
     t = TrainConfig(log_interval=50, max_steps=1500)
