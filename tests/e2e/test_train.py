@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +155,7 @@ def test_same_seed_same_samples(trained):
 def test_resume_continues_from_the_latest_checkpoint(trained, data_root, tmp_path):
     src, _ = trained
     out = tmp_path / "resumed"
+    import shutil
 
     shutil.copytree(src, out)
     r = run_script(
