@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from gpt.config import ModelConfig
+from gpt.model import build_model
 from gpt.prepare import prepare_text
-from gpt.tokenizer import ASSETS
+from gpt.tokenizer import ASSETS, CharTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,10 +55,23 @@ def randomise(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+# A bigram model over the characters ' ', 'a', 'b' whose next-character probabilities are set by hand.
+NEXT = {" ": [0.1, 0.6, 0.3], "a": [0.5, 0.2, 0.3], "b": [0.2, 0.2, 0.6]}  # P(' '), P('a'), P('b') after each
+
+
+def hand_set_bigram() -> tuple[torch.nn.Module, CharTokenizer]:
+    """The bigram model of NEXT (scores of HellaSwag items and of continuations computed by hand)."""
+    tokenizer = CharTokenizer(" ab")
+    model = build_model(ModelConfig(kind="bigram", vocab_size=3, block_size=8))
+    with torch.no_grad():
+        for ch, probs in NEXT.items():
+            model.table.weight[tokenizer.stoi[ch]] = torch.tensor(probs).log()  # softmax(log p) = p
+    return model.eval(), tokenizer
+
+
 def fake_export(folder, tokenizer):
     """A real export of an untrained model, written the way the trainer writes it."""
     from gpt.checkpoint import save_weights, write_export
-    from gpt.model import build_model
 
     cfg = ModelConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=tokenizer.vocab_size)
     weights = folder / "w.safetensors"
