@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -17,6 +18,8 @@ from gpt.prepare import prepare_text
 from gpt.tokenizer import ASSETS, CharTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
+HELPERS = ROOT / "tests" / "helpers"  # scripts the tests run in their own processes
+CPU_CONFIG = str(ROOT / "launch" / "cpu_multiprocess.yaml")  # accelerate launch config: processes on a CPU
 
 # A model and schedule small enough for a few seconds on two CPU cores.
 TINY = [
@@ -119,6 +122,16 @@ def random_export(folder: Path, tokenizer, block_size: int, sharp: bool = False)
     save_weights(model.state_dict(), weights)
     write_export(folder, weights, cfg, tokenizer, {"step": 0})
     return folder
+
+
+def metrics(out: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def output(r) -> str:
+    """The ends of a finished process's stdout and stderr, for an assertion message."""
+    return r.stdout[-4000:] + r.stderr[-4000:]
 
 
 def free_port() -> int:

@@ -15,9 +15,7 @@ from gpt.errors import UserError
 from gpt.model import GPT
 from gpt.tokenizer import load_tokenizer
 
-from conftest import ROOT, accelerate_launch, assert_one_line, env, free_port, run_module
-
-CPU_CONFIG = str(ROOT / "launch" / "cpu_multiprocess.yaml")
+from conftest import CPU_CONFIG, accelerate_launch, assert_one_line, env, free_port, run_module
 
 
 @pytest.fixture(scope="module")

@@ -20,20 +20,14 @@ from safetensors.torch import load_file
 
 from gpt.checkpoint import complete_checkpoints, latest_checkpoint, verify
 
-from conftest import ROOT, TINY, accelerate_launch, env, free_port, run_script
+from conftest import CPU_CONFIG, HELPERS, ROOT, TINY, accelerate_launch, env, free_port, metrics, output, run_script
 
-HELPERS = ROOT / "tests" / "helpers"
-CPU_CONFIG = str(ROOT / "launch" / "cpu_multiprocess.yaml")
 # A global batch of 8 sequences in micro-batches of 2: 1 process x 4 accumulation steps, 2 x 2, 4 x 1.
 SPLIT = [*TINY, "train.micro_batch_size=2", "train.log_interval=1", "train.mixed_precision=no"]
 
 
 def run_args(data_root: Path, out: Path, *extra: str) -> list[str]:
     return [*SPLIT, f"data.root={data_root}", "data.dataset=tiny", f"out_dir={out}", *extra]
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def losses(out: Path, key: str = "train/loss") -> dict[int, float]:
@@ -62,10 +56,6 @@ def assert_same_training(out: Path, reference: Path) -> None:
             C = a.numel() // 3
             a, b = torch.cat([a[:C], a[2 * C :]]), torch.cat([b[:C], b[2 * C :]])
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
-
-
-def output(r) -> str:
-    return r.stdout[-4000:] + r.stderr[-4000:]
 
 
 @pytest.fixture(scope="module")

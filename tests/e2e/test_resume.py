@@ -13,10 +13,9 @@ import torch
 
 from gpt.checkpoint import latest_checkpoint, load_exported
 
-from conftest import ROOT, TINY, accelerate_launch, env, free_port, run_script
+from conftest import CPU_CONFIG, ROOT, TINY, accelerate_launch, env, free_port, run_script
 
 FAULTY = str(ROOT / "tests" / "helpers" / "train_with_faults.py")
-CPU_CONFIG = str(ROOT / "launch" / "cpu_multiprocess.yaml")
 # dropout on, so that a resume that forgot the RNG state would not reproduce the losses
 RUN = [*TINY, "model.dropout=0.1", "train.log_interval=1", "train.checkpoint_interval=10", "train.keep_last=5"]
 

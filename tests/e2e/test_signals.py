@@ -16,10 +16,7 @@ import pytest
 
 from gpt.checkpoint import latest_checkpoint
 
-from conftest import ROOT, TINY, env, free_port, run_script
-
-CPU_CONFIG = str(ROOT / "launch" / "cpu_multiprocess.yaml")
-
+from conftest import CPU_CONFIG, ROOT, TINY, env, free_port, run_script
 
 LONG = [*TINY, "train.max_steps=100000", "train.log_interval=1", "train.micro_batch_size=4",
         "train.eval_interval=100000", "train.checkpoint_interval=100000", "train.final_eval=false"]  # fmt: skip

@@ -15,11 +15,7 @@ from gpt.config import TrainConfig
 from gpt.data import TokenStream, split_files
 
 import wandb_offline
-from conftest import ROOT, TINY, env, free_port, run_script
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+from conftest import ROOT, TINY, env, free_port, metrics, run_script
 
 
 @pytest.fixture(scope="module")
