@@ -32,6 +32,14 @@ TINY = [
 ]  # fmt: skip
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/e2e/ as e2e, so that ``-m "not e2e"`` runs the unit tests alone."""
+    e2e = Path(__file__).parent / "e2e"
+    for item in items:
+        if e2e in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session")
 def shakespeare() -> str:
     return (ASSETS / "tinyshakespeare.txt").read_text(encoding="utf-8")
