@@ -5,7 +5,7 @@
 
 Three stages, each a fresh process with W&B off, its output in OUT_DIR/<stage>.log:
 
-1. tests: ``pytest tests/test_cuda.py`` (precisions and bitwise resume, compile, FSDP2, flash
+1. tests: ``pytest tests/e2e/test_cuda.py`` (precisions and bitwise resume, compile, FSDP2, flash
    attention, cached generation, the planner against a real peak, memory metrics);
 2. bench: ``python -m gpt.bench bench_gpt2_124m`` (bf16, compiled, context 1024): MFU, tokens/s,
    peak memory;
@@ -57,7 +57,7 @@ def stage(name: str, out: Path, train_s: float = TRAIN_S) -> Stage:
     py = sys.executable
     if name == "tests":
         return Stage(
-            name, [py, "-m", "pytest", "-q", "-rs", "tests/test_cuda.py", f"--junitxml={out / 'tests.xml'}"], 270
+            name, [py, "-m", "pytest", "-q", "-rs", "tests/e2e/test_cuda.py", f"--junitxml={out / 'tests.xml'}"], 270
         )
     if name == "bench":
         return Stage(name, [py, "-m", "gpt.bench", "bench_gpt2_124m", "--steps", "30", "--warmup", "5"], 150)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -9,11 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from gpt.config import ModelConfig
+from gpt.model import build_model
 from gpt.prepare import prepare_text
-from gpt.tokenizer import ASSETS
+from gpt.tokenizer import ASSETS, CharTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
+HELPERS = ROOT / "tests" / "helpers"  # scripts the tests run in their own processes
+CPU_CONFIG = str(ROOT / "launch" / "cpu_multiprocess.yaml")  # accelerate launch config: processes on a CPU
 
 # A model and schedule small enough for a few seconds on two CPU cores.
 TINY = [
@@ -24,6 +30,14 @@ TINY = [
     # and concurrent test processes do not oversubscribe the cores
     "train.cpu_threads=1",
 ]  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/e2e/ as e2e, so that ``-m "not e2e"`` runs the unit tests alone."""
+    e2e = Path(__file__).parent / "e2e"
+    for item in items:
+        if e2e in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -39,13 +53,68 @@ def data_root(tmp_path_factory, shakespeare) -> Path:
     return root
 
 
+def tiny(**kw) -> ModelConfig:
+    """A model of 2 layers, 32 wide, 16 tokens of context and a 65-character vocabulary; ``kw`` overrides."""
+    return ModelConfig(**(dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, dropout=0.0) | kw))
+
+
+def randomise(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial weights everywhere (zero-initialised projections would hide bugs)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+# A bigram model over the characters ' ', 'a', 'b' whose next-character probabilities are set by hand.
+NEXT = {" ": [0.1, 0.6, 0.3], "a": [0.5, 0.2, 0.3], "b": [0.2, 0.2, 0.6]}  # P(' '), P('a'), P('b') after each
+
+
+def hand_set_bigram() -> tuple[torch.nn.Module, CharTokenizer]:
+    """The bigram model of NEXT (scores of HellaSwag items and of continuations computed by hand)."""
+    tokenizer = CharTokenizer(" ab")
+    model = build_model(ModelConfig(kind="bigram", vocab_size=3, block_size=8))
+    with torch.no_grad():
+        for ch, probs in NEXT.items():
+            model.table.weight[tokenizer.stoi[ch]] = torch.tensor(probs).log()  # softmax(log p) = p
+    return model.eval(), tokenizer
+
+
+def fake_export(folder, tokenizer):
+    """A real export of an untrained model, written the way the trainer writes it."""
+    from gpt.checkpoint import save_weights, write_export
+
+    cfg = ModelConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=tokenizer.vocab_size)
+    weights = folder / "w.safetensors"
+    save_weights(build_model(cfg).state_dict(), weights)
+    write_export(folder / "model", weights, cfg, tokenizer, {"step": 0})
+    return folder / "model"
+
+
+@pytest.fixture(scope="module")
+def char_export(tmp_path_factory, data_root):
+    """An untrained export with the tokenizer of data_root/tiny."""
+    from gpt.tokenizer import load_tokenizer
+
+    return fake_export(tmp_path_factory.mktemp("export"), load_tokenizer(data_root / "tiny" / "tokenizer.json"))
+
+
+def assert_one_line(r, *fragments):
+    """``r`` (a finished entry point) failed with exit code 2 and one line on stderr holding each fragment."""
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 def random_export(folder: Path, tokenizer, block_size: int, sharp: bool = False) -> Path:
     """A small randomly initialised GPT (2 layers, 32 wide) written to ``folder`` as the package exports
     models; ``sharp``: matrices large enough that its choices depend on the context."""
     import torch
 
     from gpt.checkpoint import save_weights, write_export
-    from gpt.config import ModelConfig
     from gpt.model import GPT
 
     torch.manual_seed(0)
@@ -61,6 +130,16 @@ def random_export(folder: Path, tokenizer, block_size: int, sharp: bool = False)
     save_weights(model.state_dict(), weights)
     write_export(folder, weights, cfg, tokenizer, {"step": 0})
     return folder
+
+
+def metrics(out: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def output(r) -> str:
+    """The ends of a finished process's stdout and stderr, for an assertion message."""
+    return r.stdout[-4000:] + r.stderr[-4000:]
 
 
 def free_port() -> int:
@@ -84,6 +163,12 @@ def run_script(script: str, *args: str, cwd: Path | None = None, timeout: float 
         [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env(**extra_env), capture_output=True,
         text=True, timeout=timeout,
     )  # fmt: skip
+
+
+def run_module(module: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
+    """``python -m module args`` with this interpreter; returns the CompletedProcess."""
+    cmd = [sys.executable, "-m", module, *args]
+    return subprocess.run(cmd, env=env(), cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def accelerate_launch(*args: str, cwd: Path | None = None, timeout: float = 300, **extra_env: str):

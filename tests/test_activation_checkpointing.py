@@ -10,18 +10,14 @@ from accelerate.utils.fsdp_utils import fsdp2_apply_ac
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
 from gpt.activation_checkpointing import apply, wrap_blocks
-from gpt.config import ModelConfig, load_config
+from gpt.config import load_config
 from gpt.errors import UserError
 from gpt.export import load_exported, resolve_export
 from gpt.fsdp import accelerate_plugin
 from gpt.model import GPT
 from gpt.trainer import train
 
-from conftest import TINY
-
-
-def tiny(**kw) -> ModelConfig:
-    return ModelConfig(**(dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65) | kw))
+from conftest import TINY, tiny
 
 
 def step(model: GPT, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:

@@ -3,8 +3,10 @@ import json
 import pytest
 import torch
 
+from gpt import checkpoint as ckpt
 from gpt.checkpoint import (
     MANIFEST,
+    check_same_model,
     clean_state_dict,
     latest_checkpoint,
     load_into,
@@ -13,9 +15,11 @@ from gpt.checkpoint import (
     verify,
     write_manifest,
 )
-from gpt.config import ModelConfig
+from gpt.config import ModelConfig, to_dict
 from gpt.errors import UserError
 from gpt.model import GPT
+
+from conftest import tiny
 
 CFG = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20)
 
@@ -95,3 +99,32 @@ def test_rotation_keeps_the_last_and_the_best(tmp_path):
     rotate(tmp_path, keep_last=1, keep_best=False)
     assert [p.name for p in (tmp_path / "checkpoints").glob("step-*")] == ["step-0000040"]
     assert (tmp_path / "checkpoints" / "step-0000040" / MANIFEST).is_file()
+
+
+def test_compiled_model_weights_save_under_plain_names():
+    model = GPT(tiny())
+    compiled = torch.compile(model)  # wrapping is lazy: nothing compiles until the first call
+    assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())
+    assert clean_state_dict(compiled.state_dict()).keys() == model.state_dict().keys()
+
+
+def test_resume_refuses_another_architecture(tmp_path):
+    saved = to_dict(tiny())
+    del saved["position"]  # a checkpoint from before the option existed reads as the default
+    check_same_model(saved, tiny(), tmp_path)
+    with pytest.raises(UserError, match="model.position is 'learned' in the checkpoint but 'rope' now"):
+        check_same_model(saved, tiny(position="rope"), tmp_path)
+
+
+def test_a_hard_linked_file_is_hashed_once(tmp_path, monkeypatch):
+    from gpt import durable
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "w.bin").write_bytes(b"w" * 1000)
+    (tmp_path / "model" / "w.bin").hardlink_to(tmp_path / "w.bin")
+    calls = []
+    real = durable.sha256
+    monkeypatch.setattr(durable, "sha256", lambda path, sync=False: calls.append(path) or real(path, sync))
+    ckpt.write_manifest(tmp_path)
+    ckpt.verify(tmp_path)
+    assert len(calls) == 2  # one hash when writing, one when verifying: not one per name

@@ -3,10 +3,20 @@ from pathlib import Path
 
 import pytest
 
-from gpt.config import Config, help_text, load_config, markdown_table, reference_rows
+from gpt.config import (
+    Config,
+    SampleConfig,
+    help_text,
+    load_config,
+    markdown_table,
+    parse_flags,
+    reference_rows,
+    resume_changes,
+    to_dict,
+)
 from gpt.errors import UserError
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 
 
 def test_defaults_without_arguments():
@@ -136,3 +146,96 @@ def test_every_model_field_says_whether_it_is_architecture():
     assert not {"dropout", "attention", "loss_chunk", "init_from"} & set(architecture_fields())
     assert set(gpt2_values()) <= set(architecture_fields())
     assert all(getattr(ModelConfig(), k) == v for k, v in gpt2_values().items())  # the defaults are GPT-2's
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model.n_embd=36", "model.n_head=4", "model.position=rope"], "needs an even head size"),
+        (["model.pad_vocab_to=0"], "'model.pad_vocab_to' must be >= 1"),
+        (["train.time_budget_s=-1"], "'train.time_budget_s' must be >= 0"),
+        (["train.muon_momentum=1.5"], r"'train.muon_momentum' must be in \[0, 1\)"),
+    ],
+)
+def test_bad_feature_settings_are_refused(args, message):
+    with pytest.raises(UserError, match=message):
+        load_config(args)
+
+
+# (arguments of train.py, what the one line must name)
+BAD_CONFIG = [
+    (["train.learning_rate=nan"], "'train.learning_rate' must be finite and > 0"),
+    (["train.learning_rate=0"], "'train.learning_rate' must be > 0"),
+    (["train.learning_rate=inf"], "'train.learning_rate' must be finite"),
+    (["train.min_lr=nan"], "'train.min_lr' must be finite"),
+    (["train.min_lr=-1e-4"], "'train.min_lr' must be >= 0"),
+    (["train.min_lr=1", "train.learning_rate=0.1"], "train.min_lr (1.0) must not exceed train.learning_rate"),
+    (["train.beta1=1.5"], "'train.beta1' must be in [0, 1)"),
+    (["train.beta2=-0.1"], "'train.beta2' must be in [0, 1)"),
+    (["train.beta2=1"], "'train.beta2' must be in [0, 1)"),
+    (["seed=-1"], "'seed' must be in [0, 4294967296)"),
+    (["seed=4294967296"], "'seed' must be in [0, 4294967296)"),
+    (["seed=1e3"], "'seed' expects an integer"),
+    (["train.weight_decay=-0.1"], "'train.weight_decay' must be >= 0"),
+    (["train.grad_clip=-1"], "'train.grad_clip' must be >= 0"),
+    (["train.grad_clip=nan"], "'train.grad_clip' must be finite"),
+    (["out_dir="], "'out_dir' must be non-empty"),
+    (["out_dir=  "], "'out_dir' must be non-empty"),
+    (["data.dataset="], "'data.dataset' must be non-empty"),
+    (["train.time_budget_s=nan"], "'train.time_budget_s' must be finite"),
+    (["train.time_budget_s=-5"], "'train.time_budget_s' must be >= 0"),
+    (["train.peak_tflops=-1"], "'train.peak_tflops' must be >= 0"),
+    (["train.warmup_steps=-1"], "'train.warmup_steps' must be >= 0"),
+    (["train.max_steps=0"], "'train.max_steps' must be > 0"),
+    (["train.batch_size=-8"], "'train.batch_size' must be > 0"),
+    (["train.micro_batch_size=0"], "'train.micro_batch_size' must be positive"),
+    (["train.keep_last=0"], "'train.keep_last' must be > 0"),
+    (["train.eval_samples=-1"], "'train.eval_samples' must be >= 0"),
+    (["train.cpu_threads=-2"], "'train.cpu_threads' must be >= 0"),
+    (["train.muon_lr=0"], "'train.muon_lr' must be > 0"),
+    (["train.muon_momentum=1"], "'train.muon_momentum' must be in [0, 1)"),
+    (["model.dropout=nan"], "'model.dropout' must be finite"),
+    (["model.rope_base=1"], "'model.rope_base' must be > 1"),
+    (["model.vocab_size=-1"], "'model.vocab_size' must be >= 0"),
+    (["model.pad_vocab_to=0"], "'model.pad_vocab_to' must be >= 1"),
+    (["model.n_layer=0"], "'model.n_layer' must be > 0"),
+    (["wandb.init_timeout_s=0"], "'wandb.init_timeout_s' must be > 0"),
+    (["train.max_steps=[1"], "'train.max_steps' expects an integer"),  # not YAML: the text itself
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_CONFIG, ids=[" ".join(a) for a, _ in BAD_CONFIG])
+def test_bad_config_value_is_refused_naming_its_key(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as e:
+        load_config(args)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_resume_names_the_settings_that_changed():
+    saved = to_dict(load_config(["seed=1", "train.learning_rate=3e-3"]))
+    now = load_config(["seed=2", "train.learning_rate=1e-3", "out_dir=elsewhere"])
+    assert (
+        resume_changes(saved, now) == "resuming with changed settings: seed 1 -> 2, train.learning_rate 0.003 -> 0.001"
+    )
+    assert resume_changes(to_dict(now), now) is None
+    del saved["train"]["batch_size"]  # a key older checkpoints lack is not a change
+    assert "batch_size" not in resume_changes(saved, now)
+
+
+def test_sample_flags_follow_the_declared_rules():
+    for flags, message in [
+        (["--temperature", "nan"], "'--temperature' must be finite and >= 0"),
+        (["--seed", "99999999999999999999999"], "'--seed' must be in [0, 4294967296)"),
+        (["--seed", "-1"], "'--seed' must be in [0, 4294967296)"),
+        (["--top_p", "nan"], "'--top_p' must be finite and in (0, 1]"),
+        (["--num_samples", "0"], "'--num_samples' must be > 0"),
+        (["--max_new_tokens", "-1"], "'--max_new_tokens' must be >= 0"),
+        (["--out_dir", ""], "'--out_dir' must be non-empty"),
+        (["--no_such_flag", "1"], "unknown option '--no_such_flag': see sample.py --help"),
+        (["--temprature", "0"], "unknown option '--temprature': did you mean '--temperature'?"),
+        (["temperature=0"], "options are written --temperature VALUE"),
+    ]:
+        with pytest.raises(UserError) as e:
+            parse_flags(SampleConfig, flags, "sample.py", "")
+        assert message in str(e.value)

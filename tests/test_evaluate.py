@@ -1,79 +1,21 @@
-"""The full evaluation pass: coverage, bits per byte by hand, exact byte counts, processes."""
+"""The evaluation command (python -m gpt.evaluate): one process or two give the same figures, bad input is
+one line, the figures are printed before they are written."""
 
 import json
-import math
 import subprocess
 import sys
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from gpt.checkpoint import save_weights, write_export
 from gpt.config import ModelConfig
-from gpt.data import TokenStream, split_files, write_token_file
-from gpt.evaluation import evaluate_split, token_byte_lengths
-from gpt.model import GPT, BigramLanguageModel
-from gpt.tokenizer import CharTokenizer, GPT2Tokenizer, load_tokenizer
+from gpt.data import TokenStream, split_files
+from gpt.errors import UserError
+from gpt.model import GPT
+from gpt.tokenizer import load_tokenizer
 
-from conftest import ROOT, accelerate_launch, env, free_port
-
-CPU_CONFIG = str(ROOT / "launch" / "cpu_multiprocess.yaml")
-
-
-def token_stream(tmp_path, ids, tokenizer) -> TokenStream:
-    return TokenStream([write_token_file(tmp_path / "val.tok", ids, tokenizer.vocab_size, tokenizer.identity)])
-
-
-def test_bits_per_byte_of_a_hand_set_bigram_model_matches_the_hand_computation(tmp_path):
-    tok = CharTokenizer("abé")  # ids: a 0, b 1, é 2 ('é' is 2 bytes in UTF-8)
-    next_probs = torch.tensor(
-        [
-            [1 / 4, 1 / 2, 1 / 4],  # after a
-            [1 / 2, 1 / 4, 1 / 4],  # after b
-            [1 / 4, 1 / 2, 1 / 4],  # after é
-        ]
-    )
-    model = BigramLanguageModel(ModelConfig(kind="bigram", vocab_size=3, block_size=2))
-    with torch.no_grad():
-        model.table.weight.copy_(next_probs.log())
-    data = token_stream(tmp_path, tok.encode("abéaba"), tok)
-    # predicted: b after a (1/2: 1 bit), é after b (1/4: 2 bits), a after é (1/4: 2 bits),
-    # b after a (1 bit), a after b (1/2: 1 bit) -> 7 bits over the 6 bytes of "béaba"
-    result = evaluate_split(model, data, token_byte_lengths(tok), block_size=2, batch_size=2)
-    assert (result.tokens, result.bytes, result.windows) == (5, 6, 3)  # windows of 2, 2 and 1 predictions
-    assert result.bits_per_byte == pytest.approx(7 / 6, rel=1e-6)
-    assert result.loss == pytest.approx(7 * math.log(2) / 5, rel=1e-6)
-    assert result.perplexity == pytest.approx(2 ** (7 / 5), rel=1e-6)
-
-
-@pytest.mark.parametrize("block_size, batch_size", [(32, 4), (37, 3), (4001, 1)])
-def test_every_token_is_predicted_once(tmp_path, shakespeare, block_size, batch_size):
-    """A bigram model's loss doesn't depend on context, so the full pass must equal the plain mean over
-    all consecutive pairs; a token skipped or counted twice would change it."""
-    tok = CharTokenizer.from_text(shakespeare)
-    ids = tok.encode(shakespeare[:4000])
-    torch.manual_seed(0)
-    model = BigramLanguageModel(ModelConfig(kind="bigram", vocab_size=tok.vocab_size, block_size=block_size))
-    with torch.no_grad():
-        model.table.weight.normal_(0.0, 2.0)
-    pairs = torch.tensor(ids)
-    expected = F.cross_entropy(model.table.weight[pairs[:-1]].double(), pairs[1:]).item()
-    result = evaluate_split(model, token_stream(tmp_path, ids, tok), token_byte_lengths(tok), block_size, batch_size)
-    assert result.tokens == len(ids) - 1 and result.bytes == len(shakespeare[1:4000].encode("utf-8"))
-    assert result.loss == pytest.approx(expected, rel=1e-9)
-
-
-def test_byte_lengths_are_exact_for_both_tokenizers():
-    text = "Voilà — naïve café, 日本語 and 🙂!\n"
-    char = CharTokenizer(text)
-    assert token_byte_lengths(char)[char.encode(text)].sum().item() == len(text.encode("utf-8"))
-    gpt2 = GPT2Tokenizer()
-    ids = gpt2.encode(text)
-    assert any("\ufffd" in gpt2.decode([i]) for i in ids)  # some tokens are parts of characters here
-    lengths = token_byte_lengths(gpt2)
-    assert lengths[ids].sum().item() == len(text.encode("utf-8"))
-    assert lengths[ids + [gpt2.eot_id] + ids].sum().item() == 2 * len(text.encode("utf-8"))  # end-of-text: 0
+from conftest import CPU_CONFIG, accelerate_launch, assert_one_line, env, free_port, run_module
 
 
 @pytest.fixture(scope="module")
@@ -125,37 +67,23 @@ def test_command_refuses_bad_input_with_one_line(tmp_path, export, data_root):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no token files for split 'test'" in r.stderr
 
 
-class InputShapes:
-    """The distinct input shapes a model's forward sees (a compiled model compiles once per shape)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.shapes: set[tuple[int, ...]] = set()
-        model.register_forward_pre_hook(lambda module, args: self.shapes.add(tuple(args[0].shape)))
-
-
-@pytest.mark.parametrize("windows, batch_size", [(7, 3), (2, 8)])  # a short last batch; fewer windows than a batch
-def test_full_pass_runs_one_batch_shape(tmp_path, shakespeare, windows, batch_size):
-    tok = CharTokenizer.from_text(shakespeare)
-    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=tok.vocab_size))
-    seen = InputShapes(model)
-    data = token_stream(tmp_path, tok.encode(shakespeare[: windows * 8 + 1]), tok)
-    result = evaluate_split(model, data, token_byte_lengths(tok), block_size=8, batch_size=batch_size)
-    assert result.windows == windows
-    assert seen.shapes == {(min(windows, batch_size), 8)}
+def test_evaluate_refuses_an_unwritable_destination_before_the_pass(tmp_path, char_export, data_root):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    common = ["--out_dir", str(char_export), "--data", str(data_root / "tiny")]
+    r = run_module("gpt.evaluate", *common, "--json", str(blocker / "eval.json"))
+    assert_one_line(r, f"cannot write the results to {blocker / 'eval.json'}: {blocker} is a file")
+    assert "loss" not in r.stdout  # refused before the pass
 
 
-def test_in_loop_evaluation_runs_one_batch_shape(data_root):
-    from accelerate import Accelerator
+def test_evaluate_prints_its_figures_before_writing_them(tmp_path, char_export, data_root, capsys, monkeypatch):
+    from gpt import evaluate, evaluation
 
-    from gpt.evaluation import sampled_losses
+    def read_only(path, record):
+        raise PermissionError(13, "Permission denied")
 
-    val = TokenStream(split_files(data_root / "tiny", "val"))
-    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=val.vocab_size))
-    seen = InputShapes(model)
-    from gpt.mixture import Mixture, Source
-
-    mixture = Mixture([Source("tiny", 1.0, val, val)], 1337, block_size=8)
-    losses = sampled_losses(model, mixture.eval_splits(), 1337, windows=10, block_size=8, batch_size=4,
-                            accelerator=Accelerator(cpu=True))  # fmt: skip
-    assert seen.shapes == {(4, 8)}  # 10 windows: 4 + 4 + 2 padded to 4
-    assert set(losses) == {"train/loss", "val/loss"} and 3.5 < losses["val/loss"] < 5.5
+    monkeypatch.setattr(evaluation, "write_json", read_only)
+    args = ["--out_dir", str(char_export), "--data", str(data_root / "tiny"), "--json", str(tmp_path / "e.json")]
+    with pytest.raises(UserError, match="could not write .*e.json \\(Permission denied\\); the figures are above"):
+        evaluate.main(args)
+    assert "bits per byte" in capsys.readouterr().out

@@ -15,7 +15,7 @@ from gpt.kv_cache import KVCache
 from gpt.model import GPT
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer
 
-from conftest import ROOT, env, random_export, run_script
+from conftest import ROOT, env, random_export, randomise, run_script, tiny
 
 BLOCK = 16
 VOCAB = 20
@@ -324,3 +324,34 @@ def test_auto_dtype_is_bf16_only_on_gpus_with_native_bf16_and_asks_the_chosen_gp
     assert gpus.current == current  # the selection is restored
     assert pick_dtype("auto", "cpu") == torch.float32
     assert pick_dtype("bfloat16", "cuda:1") == torch.bfloat16  # asked for explicitly
+
+
+def greedy(model: GPT, prompt: torch.Tensor, n: int, **kw) -> torch.Tensor:
+    return torch.stack(list(generate_tokens(model, prompt, n, temperature=0.0, **kw)), dim=1)  # (B, n)
+
+
+def test_rolling_cache_is_exact_for_one_rotary_layer():
+    # One layer: a cached key depends on its own token only, and rotary scores on distances only, so
+    # the rolling cache gives what re-encoding the cropped window at every step gives.
+    torch.manual_seed(0)
+    model = randomise(GPT(tiny(position="rope", n_layer=1))).eval()
+    prompt = torch.randint(0, 65, (3, 5))
+    n = 40  # far past block_size 16
+    rolling = greedy(model, prompt, n, context_mode="rolling")
+    exact = greedy(model, prompt, n, context_mode="exact", use_cache=False)
+    assert torch.equal(rolling, exact)
+
+
+def test_rolling_cache_decodes_past_the_context_in_cached_steps():
+    torch.manual_seed(0)
+    model = randomise(GPT(tiny(position="rope", n_layer=2))).eval()
+    prompt = torch.randint(0, 65, (2, 20))  # longer than the context: cropped to the last 16
+    within = greedy(model, prompt[:, -10:], 6, context_mode="rolling")  # inside the context: as exact
+    assert torch.equal(within, greedy(model, prompt[:, -10:], 6, context_mode="exact"))
+    calls = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(args[0].size(1)), with_kwargs=True)
+    tokens = greedy(model, prompt, 30)  # 'auto' is rolling for a rotary model
+    assert tokens.shape == (2, 30) and tokens.max() < 65
+    assert calls == [16] + [1] * 29  # the prompt once, then one position per step: the cache is never re-filled
+    with pytest.raises(UserError, match="needs a model with rotary positions"):
+        greedy(GPT(tiny()).eval(), prompt, 3, context_mode="rolling")

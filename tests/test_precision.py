@@ -2,7 +2,7 @@
 
 fp16 needs CUDA, so here a GradScaler is attached to the Accelerator by hand: accelerate's
 save_state/load_state treat it exactly as the one of an fp16 run. The whole path through train.py
-is in tests/test_cuda.py.
+is in tests/e2e/test_cuda.py.
 """
 
 import pytest

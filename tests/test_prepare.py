@@ -12,13 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gpt.data import TokenFile, TokenStream, split_files
+from gpt.data import HEADER_SIZE, TokenFile, TokenStream, split_files, write_token_file
 from gpt.errors import UserError
 from gpt.prepare import STAGING, ensure_dataset, is_prepared, read_text, utf8_error
 from gpt.prepare import main as prepare_main
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer, load_tokenizer
 
-from conftest import TINY, env, run_script
+from conftest import TINY, assert_one_line, env, run_module, run_script
 
 EOT = 50256
 
@@ -407,3 +407,92 @@ def test_missing_hub_data_of_a_preset_names_the_hub_command(tmp_path):
         ensure_dataset(tmp_path, dataset)
     assert "python -m gpt.prepare --dataset HuggingFaceFW/fineweb --dataset_config sample-10BT" in str(e.value)
     assert "--tokenizer gpt2" in str(e.value) and "--input" not in str(e.value)
+
+
+def test_prepare_records_the_largest_id(tmp_path):
+    path = write_token_file(tmp_path / "t.tok", [3, 9, 4], vocab_size=10, identity="x")
+    assert int.from_bytes(path.read_bytes()[HEADER_SIZE - 4 : HEADER_SIZE], "little") == 9 + 1
+
+
+def test_prepare_gives_one_line(tmp_path):
+    (tmp_path / "corpus.txt").write_text("hello there\n" * 50)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    r = run_module("gpt.prepare", "--input", "corpus.txt", "--out", str(blocker), cwd=tmp_path)
+    assert_one_line(r, f"--out {blocker} is a file")
+    r = run_module("gpt.prepare", "--input", "corpus.txt", "--out", "x", "--num_proc", "lots", cwd=tmp_path)
+    assert_one_line(r, "argument --num_proc: invalid int value: 'lots'")
+
+
+WORKERS_THEN_WAIT = """
+import os, sys, time
+from gpt.prepare import Encoders, Task
+from gpt.tokenizer import CharTokenizer
+encoders = Encoders(CharTokenizer("ab"), num_proc=2)
+list(encoders.submit(Task(["ab"], [True], 0, "train")))  # the pool starts its workers
+list(encoders.drain())
+import psutil
+print(" ".join(str(c.pid) for c in psutil.Process().children()), flush=True)
+time.sleep(600)
+"""
+
+
+def test_tokenizer_workers_exit_when_prepare_is_killed():
+    import psutil
+
+    parent = subprocess.Popen([sys.executable, "-c", WORKERS_THEN_WAIT], env=env(), stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [psutil.Process(int(pid)) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2
+        parent.kill()  # SIGKILL: no chance to shut the pool down
+        parent.wait()
+        _, alive = psutil.wait_procs(workers, timeout=20)
+        assert not alive, f"workers {[p.pid for p in alive]} outlived their parent"
+    finally:
+        parent.kill()
+
+
+PEAK_MEMORY = """
+import resource, sys
+from gpt.prepare import main
+
+def prepare(text_file, out, sample_by):
+    assert main(["--input", text_file, "--out", out, "--sample_by", sample_by, "--num_proc", "1"]) == 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the peak so far
+
+small, huge, out = sys.argv[1:]
+baseline = prepare(small, out + "small", "line")  # the same code, its imports included, on little text
+print(" ".join(str(prepare(huge, out + sample_by, sample_by) - baseline) for sample_by in ("line", "document")))
+"""
+
+
+@pytest.mark.slow
+def test_a_huge_single_line_is_prepared_in_bounded_memory(tmp_path):
+    """16 MiB without a newline, as lines and as a document: read and tokenized in pieces, the peak
+    memory grows by less than twice its size (it grew by 36 times its size before)."""
+    size = 16 << 20
+    words = np.array([b"the ", b"quick ", b"fox ", b"jumps "])[np.random.default_rng(0).integers(0, 4, size // 4)]
+    (tmp_path / "line.txt").write_bytes(b"".join(words)[:size])
+    (tmp_path / "small.txt").write_bytes(b"the quick fox " * 100)
+    cmd = [
+        sys.executable,
+        "-c",
+        PEAK_MEMORY,
+        str(tmp_path / "small.txt"),
+        str(tmp_path / "line.txt"),
+        str(tmp_path / "out-"),
+    ]
+    r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for sample_by, growth in zip(("line", "document"), map(int, r.stdout.split()[-2:]), strict=True):
+        assert growth < 2 * size, f"{sample_by}: peak memory {growth / 2**20:.0f} MiB above a small file's"
+    manifest = json.loads((tmp_path / "out-line" / "prepare.json").read_text())
+    assert manifest["train"] + manifest["val"] == size and manifest["documents"]["total"] == 1
+
+
+def test_non_utf8_input_says_where(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("hello\nthere caf\xe9\n".encode("latin-1"))
+    r = run_module("gpt.prepare", "--input", str(path), "--out", str(tmp_path / "x"))
+    assert_one_line(r, "is not UTF-8", "line 2, column 10")
+    assert not (tmp_path / "x").exists()

@@ -73,3 +73,12 @@ def test_a_wsd_checkpoint_in_its_stable_phase_continues_longer(tmp_path, data_ro
     lrs = logged_lrs(tmp_path / "run")  # the record of step s holds the rate of lr_at(s - 1), progress (s - 1) / 40
     assert [lrs[s] for s in range(11, 34)] == [1e-3] * 23  # progress up to 0.8: stable
     assert lrs[34] < 1e-3 and lrs[40] == pytest.approx(1e-4 + (1e-3 - 1e-4) * (1 - 0.875))  # 7/8 into the decay
+
+
+def test_lr_follows_the_time_budget_when_given_progress():
+    t = TrainConfig(learning_rate=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=1000)
+    assert lr_at(4, t, progress=0.9) == pytest.approx(5e-4)  # warm-up goes by steps
+    assert lr_at(500, t, progress=0.0) == pytest.approx(1e-3)
+    assert lr_at(20, t, progress=0.5) == pytest.approx(5.5e-4)  # half the budget: half-way down the cosine
+    assert lr_at(20, t, progress=1.3) == pytest.approx(1e-4)
+    assert lr_at(505, t) == pytest.approx(5.5e-4)  # without a budget, by steps as before

@@ -15,11 +15,10 @@ import pytest
 import torch
 
 from gpt.batching import Batcher, Job
-from gpt.completions import ChoiceText
 from gpt.errors import UserError
 from gpt.generate import generate_text, load
 from gpt.serve import main as serve_main
-from gpt.tokenizer import CharTokenizer, GPT2Tokenizer
+from gpt.tokenizer import CharTokenizer
 
 from conftest import ROOT, env, free_port, random_export
 
@@ -133,19 +132,6 @@ def test_a_prompt_longer_than_the_context(client, local):
     prompt = "First Citizen: Before we proceed any further, hear me speak."  # 62 characters, context 32
     out = client.completions.create(model=NAME, prompt=prompt, max_tokens=40, temperature=0)
     assert out.choices[0].text == expected(local, prompt, 40, temperature=0)[0]
-
-
-def test_a_choice_holds_back_unfinished_characters_and_what_may_start_a_stop_string():
-    tokenizer = GPT2Tokenizer()
-    ids = tokenizer.encode("Caf\u00e9 \U0001f600 ends here. More")  # the emoji takes several byte-level tokens
-    choice = ChoiceText(tokenizer, stops=["here."])
-    pieces = [choice.add(i) for i in ids]
-    assert "".join(pieces) == choice.text == "Caf\u00e9 \U0001f600 ends " and choice.finish_reason == "stop"
-    assert not any("\ufffd" in piece for piece in pieces)  # never half a character
-    unstopped = ChoiceText(tokenizer, stops=["here and there"])
-    pieces = [unstopped.add(i) for i in ids] + [unstopped.end()]
-    assert "".join(pieces) == "Caf\u00e9 \U0001f600 ends here. More" and unstopped.finish_reason == "length"
-    assert pieces[-1] == ""  # nothing was held back at the end: no prefix of the stop string ends the text
 
 
 BAD = [  # request fields -> the parameter the error names, a word of its message

@@ -32,7 +32,7 @@ def test_dry_run_lists_the_three_stages_and_writes_nothing(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert "in at most 470 s" in lines[0] and str(out) in lines[0]
-    assert "-m pytest -q -rs tests/test_cuda.py" in lines[1] and lines[1].lstrip().startswith("tests")
+    assert "-m pytest -q -rs tests/e2e/test_cuda.py" in lines[1] and lines[1].lstrip().startswith("tests")
     assert "-m gpt.bench bench_gpt2_124m" in lines[2]
     assert "train.py shakespeare_char" in lines[3] and "train.time_budget_s=120" in lines[3]
     assert "not ready here: no CUDA GPU" in r.stdout  # says so, but a dry run still succeeds
@@ -127,7 +127,7 @@ def test_training_and_the_cuda_tests_need_neither_wandb_nor_datasets(tmp_path, d
     s = run_script("sample.py", "--out_dir", str(out), "--max_new_tokens", "5", PYTHONPATH=path)
     assert s.returncode == 0, s.stderr[-3000:]
     collect = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "--collect-only", str(ROOT / "tests" / "test_cuda.py")],
+        [sys.executable, "-m", "pytest", "-q", "--collect-only", str(ROOT / "tests" / "e2e" / "test_cuda.py")],
         cwd=ROOT, env=env(PYTHONPATH=path), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert collect.returncode == 0, collect.stdout[-3000:]

@@ -13,34 +13,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
-from accelerate.utils import DistributedType
-from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from safetensors.torch import load_file
 
 from gpt.checkpoint import complete_checkpoints, latest_checkpoint, verify
-from gpt.config import ModelConfig
-from gpt.errors import UserError
-from gpt.fsdp import SHARDED_MODEL_DIR, accelerate_plugin, check_checkpoint_fits, set_mixed_precision
-from gpt.model import build_model
 
-from conftest import ROOT, TINY, accelerate_launch, env, free_port, run_script
+from conftest import CPU_CONFIG, HELPERS, ROOT, TINY, accelerate_launch, env, free_port, metrics, output, run_script
 
-HELPERS = ROOT / "tests" / "helpers"
-CPU_CONFIG = str(ROOT / "launch" / "cpu_multiprocess.yaml")
 # A global batch of 8 sequences in micro-batches of 2: 1 process x 4 accumulation steps, 2 x 2, 4 x 1.
 SPLIT = [*TINY, "train.micro_batch_size=2", "train.log_interval=1", "train.mixed_precision=no"]
 
 
 def run_args(data_root: Path, out: Path, *extra: str) -> list[str]:
     return [*SPLIT, f"data.root={data_root}", "data.dataset=tiny", f"out_dir={out}", *extra]
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def losses(out: Path, key: str = "train/loss") -> dict[int, float]:
@@ -69,10 +56,6 @@ def assert_same_training(out: Path, reference: Path) -> None:
             C = a.numel() // 3
             a, b = torch.cat([a[:C], a[2 * C :]]), torch.cat([b[:C], b[2 * C :]])
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
-
-
-def output(r) -> str:
-    return r.stdout[-4000:] + r.stderr[-4000:]
 
 
 @pytest.fixture(scope="module")
@@ -238,36 +221,6 @@ def test_fsdp_launch_without_gpus_is_refused_with_one_line(tmp_path, data_root):
     assert not (tmp_path / "fsdp" / "metrics.jsonl").exists()
 
 
-def test_the_fsdp_plugin_makes_one_unit_per_block():
-    plugin = accelerate_plugin()
-    assert plugin.state_dict_type.name == "SHARDED_STATE_DICT"
-    model = build_model(ModelConfig(n_layer=3, n_head=2, n_embd=16, block_size=8, vocab_size=11))
-    policy = fsdp2_prepare_auto_wrap_policy(plugin, model)  # what accelerate's FSDP2 prepare applies
-    assert [name for name, module in model.named_modules() if policy(module)] == ["blocks.0", "blocks.1", "blocks.2"]
-
-
-@pytest.mark.parametrize("version", [1, 2])
-def test_fsdp_computes_in_bf16_but_reduces_gradients_in_fp32(version, monkeypatch):
-    from torch.distributed.fsdp import MixedPrecision, MixedPrecisionPolicy
-
-    monkeypatch.setenv("FSDP_VERSION", str(version))  # what the launch config's fsdp_version becomes
-    plugin = accelerate_plugin()
-    plugin.set_mixed_precision("bf16")  # what accelerate does with the launch's mixed_precision
-    assert plugin.mixed_precision_policy.reduce_dtype == torch.bfloat16
-    fsdp_run = SimpleNamespace(
-        distributed_type=DistributedType.FSDP, mixed_precision="bf16", state=SimpleNamespace(fsdp_plugin=plugin)
-    )
-    set_mixed_precision(fsdp_run)
-    if version == 2:
-        want = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, output_dtype=None)
-    else:
-        want = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, buffer_dtype=torch.bfloat16)
-    assert plugin.mixed_precision_policy == want
-    set_mixed_precision(SimpleNamespace(**vars(fsdp_run) | {"mixed_precision": "no"}))
-    assert plugin.mixed_precision_policy is None  # fp32 throughout
-    set_mixed_precision(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, state=None))  # not FSDP: no-op
-
-
 @pytest.mark.slow
 def test_fsdp2_bf16_step_reduces_and_keeps_gradients_and_loss_in_fp32(tmp_path):
     r = accelerate_launch(
@@ -280,18 +233,6 @@ def test_fsdp2_bf16_step_reduces_and_keeps_gradients_and_loss_in_fp32(tmp_path):
     assert report["reduced"] == ["torch.float32"] * 3  # ... the reduce-scatter of every unit (once per step) fp32
     assert report["grads"] == report["params"] == ["torch.float32"]
     assert report["loss"] == ["torch.float32"] * 2  # from fp32 logits, and the output is not cast back
-
-
-def test_resuming_across_fsdp_and_ddp_is_refused_with_the_reason(tmp_path):
-    plain, sharded = tmp_path / "step-1", tmp_path / "step-2"
-    plain.mkdir()
-    (sharded / SHARDED_MODEL_DIR).mkdir(parents=True)
-    check_checkpoint_fits(plain, fsdp_run=False)
-    check_checkpoint_fits(sharded, fsdp_run=True)
-    with pytest.raises(UserError, match="saved by an FSDP run; resume it with an FSDP launch"):
-        check_checkpoint_fits(sharded, fsdp_run=False)
-    with pytest.raises(UserError, match="with FSDP: it was saved without FSDP"):
-        check_checkpoint_fits(plain, fsdp_run=True)
 
 
 @pytest.mark.slow

@@ -5,10 +5,11 @@ import sys
 
 import numpy as np
 import pytest
+from test_config import BAD_CONFIG
 
 from gpt.prepare import main as prepare_main
 
-from conftest import ROOT, TINY, env, run_script
+from conftest import ROOT, TINY, assert_one_line, env, fake_export, run_script
 
 
 def assert_clean_error(r, *fragments):
@@ -59,17 +60,6 @@ def test_wrong_magic(tmp_path, data_root):
     np.arange(1000, dtype=np.uint16).tofile(tmp_path / "bad" / "train-000000.tok")  # a nanoGPT-style bare .bin
     r = run_script("train.py", *TINY, f"data.root={tmp_path}", "data.dataset=bad", cwd=tmp_path)
     assert_clean_error(r, "is not a token file")
-
-
-def test_non_utf8_input_says_where(tmp_path):
-    path = tmp_path / "latin1.txt"
-    path.write_bytes("hello\nthere caf\xe9\n".encode("latin-1"))
-    r = subprocess.run(
-        [sys.executable, "-m", "gpt.prepare", "--input", str(path), "--out", str(tmp_path / "x")],
-        env=env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert_clean_error(r, "is not UTF-8", "line 2, column 10")
-    assert not (tmp_path / "x").exists()
 
 
 def test_prompt_with_unknown_characters(tmp_path):
@@ -150,29 +140,44 @@ def test_starting_fresh_over_a_run_is_refused(tmp_path, data_root):
     assert_clean_error(r, "already holds checkpoints", "resume=auto")
 
 
-@pytest.mark.parametrize("world", [3])
-def test_indivisible_batch_is_refused_with_the_numbers(world):
-    from gpt.errors import UserError
-    from gpt.trainer import accumulation_steps
-
-    with pytest.raises(UserError, match=r"batch_size \(32\) is not a multiple of .* \(4\) x 3 processes = 12"):
-        accumulation_steps(32, 4, world)
-
-
 def make_text(folder, text):
     path = folder / "corpus.txt"
     path.write_text(text)
     return path
 
 
-def fake_export(folder, tokenizer):
-    """A real export of an untrained model, written the way the trainer writes it."""
-    from gpt.checkpoint import save_weights, write_export
-    from gpt.config import ModelConfig
-    from gpt.model import build_model
+# A sample of the table through train.py itself: one line on stderr, exit code 2, no traceback.
+THROUGH_TRAIN = [BAD_CONFIG[i] for i in (0, 6, 9, 10, 12, 13, 15, 18)]
 
-    cfg = ModelConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=tokenizer.vocab_size)
-    weights = folder / "w.safetensors"
-    save_weights(build_model(cfg).state_dict(), weights)
-    write_export(folder / "model", weights, cfg, tokenizer, {"step": 0})
-    return folder / "model"
+
+@pytest.mark.parametrize("args, message", THROUGH_TRAIN, ids=[" ".join(a) for a, _ in THROUGH_TRAIN])
+def test_train_script_gives_one_line(args, message, tmp_path):
+    assert_one_line(run_script("train.py", *args, cwd=tmp_path), message)
+
+
+def test_paths_that_cannot_be_folders(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for key in ("out_dir", "data.root"):
+        assert_one_line(run_script("train.py", f"{key}={blocker}", cwd=tmp_path), f"{key} {blocker} is a file")
+    r = run_script("train.py", f"out_dir={blocker}/run", cwd=tmp_path)
+    assert_one_line(r, f"out_dir {blocker}/run is under {blocker}, which is a file")
+
+
+def test_non_utf8_preset_names_the_file(tmp_path):
+    preset = tmp_path / "latin1.yaml"
+    preset.write_bytes("train:\n  max_steps: 10  # r\xe9sum\xe9\n".encode("latin-1"))
+    assert_one_line(run_script("train.py", str(preset), cwd=tmp_path), f"config preset {preset} is not UTF-8")
+
+
+def test_sample_script_gives_one_line(char_export):
+    r = run_script("sample.py", "--out_dir", str(char_export), "--temperature", "nan")
+    assert_one_line(r, "'--temperature' must be finite")
+    r = run_script("sample.py", "--out_dir", str(char_export), "--num_samples", "1000000000")
+    assert_one_line(r, "1,000,000,000 samples of up to", "GiB free on", "lower num_samples")
+
+
+def test_a_model_too_large_for_memory_is_refused_before_it_is_built(tmp_path, data_root):
+    args = [*TINY, f"data.root={data_root}", "data.dataset=tiny", "model.n_embd=1000000", "model.n_head=1"]
+    r = run_script("train.py", *args, f"out_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_one_line(r, "the model has 24,000,", "GiB free on this machine; make it smaller (model.n_layer")

@@ -1,6 +1,7 @@
 """End to end, as a user runs it: train.py, then sample.py, in subprocesses."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,15 +11,12 @@ import pytest
 import torch
 
 from gpt.checkpoint import latest_checkpoint
+from gpt.config import TrainConfig
 from gpt.data import TokenStream, split_files
 from gpt.export import load_exported
 
 import wandb_offline
-from conftest import TINY, env, run_script
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+from conftest import ROOT, TINY, env, free_port, metrics, run_script
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +51,6 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint(trained):
     assert latest_checkpoint(out).name == "step-0000020"
     assert "accumulation steps" in r.stdout and "wandb sync" in r.stdout
     assert "\nstep 1 | loss " in r.stdout  # the first step's line, before log_interval steps have run
-
-
-def test_a_slow_first_step_says_when_the_next_line_comes():
-    from gpt.config import TrainConfig
-    from gpt.trainer import next_line_note
-
-    t = TrainConfig(log_interval=50, max_steps=1500)
-    assert next_line_note(1, {"step_ms": 2000.0}, t) == "next line at step 50, in about 98 s"
-    assert next_line_note(1, {"step_ms": 100.0}, t) == ""  # 5 s away: no note
-    assert next_line_note(50, {"step_ms": 2000.0}, t) == ""
-    assert next_line_note(1, {"step_ms": 2000.0}, TrainConfig(log_interval=50, max_steps=20)).startswith(
-        "next line at step 20,"
-    )
 
 
 def test_export_loads_into_a_plain_model(trained):
@@ -224,3 +209,43 @@ def test_mfu_is_logged_against_the_configured_peak(trained):
         if "train/loss" in m:
             assert m["mfu"] == pytest.approx(m["tokens_per_s"] * per_token / 0.05e12)
             assert history[m["step"]]["mfu"] == pytest.approx(m["mfu"])
+
+
+def test_time_budget_ends_training_and_decays_the_lr(tmp_path, data_root):
+    out = tmp_path / "budget"
+    args = [*TINY, f"data.root={data_root}", "data.dataset=tiny", f"out_dir={out}", "train.max_steps=1000000"]
+    budget = ["train.time_budget_s=15", "train.min_lr=0", "train.log_interval=1", "train.eval_interval=100000"]
+    r = run_script("train.py", *args, *budget)
+    assert r.returncode == 0, r.stderr
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in logged if "train/loss" in r]  # the training steps' records (not the final evaluation)
+    last = records[-1]
+    assert 5 < last["step"] < 1_000_000 and "eval/val/loss" in last  # stopped by the clock, then evaluated
+    assert max(r["lr"] for r in records) == pytest.approx(TrainConfig().learning_rate)  # warm-up to the top...
+    assert last["lr"] < 0.05 * TrainConfig().learning_rate  # ...and the cosine has come down with the time
+    state = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())
+    assert 15 <= state["elapsed_s"] < 15 + 120
+
+
+@pytest.mark.slow
+def test_wandb_without_network_falls_back_to_offline(tmp_path, data_root):
+    """Credentials, but W&B's address refuses connections: the run trains, offline, and says so."""
+    out = tmp_path / "run"
+    args = [*TINY, "train.max_steps=2", "train.final_eval=false", "train.eval_samples=0", f"data.root={data_root}"]
+    args += ["data.dataset=tiny", f"out_dir={out}", "wandb.init_timeout_s=1"]
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        env=env(
+            WANDB_MODE="online", WANDB_API_KEY="x" * 40, WANDB_BASE_URL=f"http://127.0.0.1:{free_port()}",
+            WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"), WANDB_CACHE_DIR=str(tmp_path / "wandb-cache"),
+            WANDB_DATA_DIR=str(tmp_path / "wandb-data"),
+        ),  # fmt: skip
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    (line,) = [x for x in r.stdout.splitlines() if x.startswith("W&B could not start the run online")]
+    assert "continuing offline" in line and "wandb sync " in line
+    run_dir = line.split("wandb sync ")[-1]
+    assert os.path.isdir(run_dir) and "offline-run-" in run_dir
+    assert (out / "checkpoints" / "step-0000002").is_dir()

@@ -21,11 +21,10 @@ from gpt.checkpoint import checkpoints_dir, complete_checkpoints, latest_checkpo
 from gpt.data import TokenFileWriter
 from gpt.tokenizer import ASSETS, CharTokenizer, save_tokenizer
 
-from conftest import ROOT, accelerate_launch, env, free_port, run_script
+from conftest import HELPERS, ROOT, accelerate_launch, env, free_port, metrics, output, run_script
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh)")
 
-HELPERS = ROOT / "tests" / "helpers"
 # Small enough for seconds per run; dropout and 2 accumulation steps so that resuming must restore the
 # CUDA RNG and the gradient scaler mid-run. Explicit attention: its kernels are deterministic, so two
 # runs can be compared bitwise (the fused attention's backward may sum in varying order).
@@ -55,14 +54,6 @@ def data_root(tmp_path_factory) -> Path:
 
 def args(data_root: Path, out: Path, *extra: str) -> list[str]:
     return [*SMALL, f"data.root={data_root}", "data.dataset=tiny", f"out_dir={out}", *extra]
-
-
-def output(r) -> str:
-    return r.stdout[-4000:] + r.stderr[-4000:]
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def weights_at(out: Path, step: int) -> dict[str, torch.Tensor]:
