@@ -239,3 +239,10 @@ def test_sample_flags_follow_the_declared_rules():
         with pytest.raises(UserError) as e:
             parse_flags(SampleConfig, flags, "sample.py", "")
         assert message in str(e.value)
+
+
+def test_an_unknown_key_is_matched_within_its_section_first():
+    """'train.bogus' is nearest to a train.* key, not to a key of another section that happens to score higher."""
+    for wrong, meant in [("train.bogus", "train.beta2"), ("trian.max_steps", "train.max_steps")]:
+        with pytest.raises(UserError, match=f"did you mean '{meant}'"):
+            load_config([f"{wrong}=1"])

@@ -26,7 +26,10 @@ def set_key(cfg: Config, dotted: str, value: Any, from_cli: bool) -> None:
         prefix = ".".join(parts[:depth])
         if part not in fields:
             known = [f"{prefix}.{n}" if prefix else n for n in fields]
-            close = difflib.get_close_matches(dotted, all_keys(), n=1)
+            # a key of the section it names first (train.bogus: a train.* key), then any key (trian.max_steps)
+            close = (prefix and difflib.get_close_matches(dotted, known, n=1)) or difflib.get_close_matches(
+                dotted, all_keys(), n=1
+            )
             hint = f"did you mean '{close[0]}'?" if close else "valid keys here: " + ", ".join(known)
             raise UserError(f"unknown config key '{dotted}': {hint} (see train.py --help)")
         _, tp = fields[part]
