@@ -494,5 +494,7 @@ def test_non_utf8_input_says_where(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("hello\nthere caf\xe9\n".encode("latin-1"))
     r = run_module("gpt.prepare", "--input", str(path), "--out", str(tmp_path / "x"))
-    assert_one_line(r, "is not UTF-8", "line 2, column 10")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    error = r.stderr.strip().splitlines()[-1]  # after the progress bar's lines
+    assert error.startswith("error: ") and "is not UTF-8" in error and "line 2, column 10" in error
     assert not (tmp_path / "x").exists()
