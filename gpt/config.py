@@ -185,6 +185,30 @@ class ModelConfig:
         "Initialise the attention and MLP output projections to zero (each block starts as the identity).",
         architecture=False,
     )
+    logit_softcap: float = doc(
+        0.0,
+        "Soft-cap the LM head's logits to (-c, c) with c * tanh(logits / c) (modded-nanogpt: 30; gemma 2); 0: no cap.",
+        check=NON_NEGATIVE,
+        architecture=True,
+        gpt2=0.0,
+    )
+    unet_skips: bool = doc(
+        False,
+        "U-net skip connections: the output of block i of the first half is added, times a learned scalar "
+        "(starting at 1), to the input of the mirrored block n_layer-1-i of the second half (modded-nanogpt).",
+        architecture=True,
+        gpt2=False,
+    )
+    value_embeds: int = doc(
+        0,
+        "Value embeddings: this many extra token-embedding tables, each mixed (learned scalars) into the "
+        "attention values of one of the first blocks and of the same-numbered one of the last blocks "
+        "(table i: block i and block n_layer-k+i; modded-nanogpt). At most n_layer // 2 (more blocks "
+        "than tables: the middle ones have none); 0: none.",
+        check=NON_NEGATIVE,
+        architecture=True,
+        gpt2=0,
+    )
 
     @property
     def loss_chunk_tokens(self) -> int:
@@ -377,6 +401,21 @@ class TrainConfig:
     )
     muon_lr: float = doc(0.02, "Muon's peak learning rate (the schedule scales it like learning_rate).", check=POSITIVE)
     muon_momentum: float = doc(0.95, "Muon's momentum (Nesterov).", check=PROBABILITY)
+    embed_lr_scale: float = doc(
+        1.0,
+        "AdamW learning rate of the token (and value) embeddings, as a multiple of the schedule's rate "
+        "(modded-nanogpt gives embeddings a much higher rate than the rest).",
+        check=POSITIVE,
+    )
+    head_lr_scale: float = doc(
+        1.0, "AdamW learning rate of an untied LM head, as a multiple of the schedule's rate.", check=POSITIVE
+    )
+    scalar_lr_scale: float = doc(
+        1.0,
+        "AdamW learning rate of the 0-D and 1-D parameters (norm gains, biases, skip and mixing weights), "
+        "as a multiple of the schedule's rate.",
+        check=POSITIVE,
+    )
 
 
 @dataclass
@@ -798,6 +837,11 @@ def validate(cfg: Config) -> None:
         raise UserError(
             f"model.position=rope needs an even head size, got n_embd / n_head = {m.n_embd // m.n_head}; "
             "change model.n_embd or model.n_head"
+        )
+    if m.value_embeds > m.n_layer // 2:
+        raise UserError(
+            f"model.value_embeds={m.value_embeds} is more than n_layer // 2 = {m.n_layer // 2} "
+            "(each table serves one block of the first half and one of the second); lower it"
         )
 
 
