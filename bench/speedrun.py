@@ -47,6 +47,8 @@ ABLATIONS = {
     "zero_init": (["model.zero_init_proj=false"], "GPT-2 init of the output projections instead of zero"),
     "muon": (["train.optimizer=muon"], "Muon for the block matrices (AdamW for the rest) instead of AdamW"),
     "explicit_attention": (["model.attention=sdpa"], "torch's fused attention kernel instead of explicit"),
+    "wsd": (["train.schedule=cosine"], "a cosine decay over the whole budget instead of warmup-stable-decay"),
+    "embed_lr": (["train.embed_lr_scale=1"], "the token embedding at the base learning rate instead of 10x"),
 }
 
 # Switches from the GPT-2 speedrun (modded-nanogpt) that the preset can turn on: (overrides, what they do).
