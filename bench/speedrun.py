@@ -4,6 +4,7 @@
     flock -x /tmp/cpu.lock python bench/speedrun.py seeds --runs 5 --target 1.555   # seeds 1..5, with a t-test
     flock -x /tmp/cpu.lock python bench/speedrun.py ablate rope muon        # one run per feature switched off
     flock -x /tmp/cpu.lock python bench/speedrun.py nanogpt                 # nanoGPT's CPU recipe, for reference
+    flock -x /tmp/cpu.lock python bench/speedrun.py steptime value_embeds    # ms/step beside the preset's
     python bench/speedrun.py report                                          # Markdown tables of all runs
 
 Each run is ``python train.py speedrun_cpu ...`` in a fresh process with W&B off; the wall clock is
@@ -46,7 +47,37 @@ ABLATIONS = {
     "zero_init": (["model.zero_init_proj=false"], "GPT-2 init of the output projections instead of zero"),
     "muon": (["train.optimizer=muon"], "Muon for the block matrices (AdamW for the rest) instead of AdamW"),
     "explicit_attention": (["model.attention=sdpa"], "torch's fused attention kernel instead of explicit"),
+    "wsd": (["train.schedule=cosine"], "a cosine decay over the whole budget instead of warmup-stable-decay"),
+    "embed_lr": (["train.embed_lr_scale=1"], "the token embedding at the base learning rate instead of 10x"),
 }
+
+# Switches from the GPT-2 speedrun (modded-nanogpt) that the preset can turn on: (overrides, what they do).
+SWITCHES = {
+    "unet_skips": (["model.unet_skips=true"], "U-net skips from the first half of the blocks to the second"),
+    "value_embeds": (["model.value_embeds=2"], "two value embeddings (blocks 0, 1 and 2, 3)"),
+    "logit_softcap": (["model.logit_softcap=15"], "logits soft-capped at 15"),
+    "embed_lr": (["train.embed_lr_scale=5"], "5x the learning rate for the token embedding"),
+}
+
+
+def step_times(switches: list[str], rounds: int, steps: int) -> None:
+    """Median ms per step of the preset with each switch turned on, beside the preset's own: plain training
+    loops (gpt.bench's) of every variant in one process, in alternating rounds, so that all of them see the
+    same machine state (this machine's speed drifts by a third between neighbouring runs)."""
+    from gpt.bench import bare_runner, bench_config
+
+    variants = {"preset": [], **{name: SWITCHES[name][0] for name in switches}}
+    runners = {name: bare_runner(bench_config(["speedrun_cpu", *o])) for name, o in variants.items()}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for runner in runners.values():
+        runner.run(2)  # warm-up
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            times[name] += runner.run(steps)
+    base = statistics.median(times["preset"])
+    print("| variant | median ms/step | vs the preset |\n| --- | --- | --- |")
+    for name, seconds in times.items():
+        print(f"| {name} | {1000 * statistics.median(seconds):.1f} | {statistics.median(seconds) / base:.3f} |")
 
 
 def train_once(preset: str, overrides: list[str], label: str, batch: str = "") -> dict:
@@ -146,6 +177,10 @@ def main(argv: list[str]) -> int:
     p_seeds.add_argument("--runs", type=int, default=5)
     p_seeds.add_argument("--target", type=float, default=1.555, help="val loss the mean should be below")
     p_seeds.add_argument("overrides", nargs="*", help="key=value overrides of the preset")
+    p_time = sub.add_parser("steptime", help="ms/step of the preset with each named switch on, alternating")
+    p_time.add_argument("switches", nargs="+", choices=sorted(SWITCHES))
+    p_time.add_argument("--rounds", type=int, default=3)
+    p_time.add_argument("--steps", type=int, default=10, help="timed steps per variant per round")
     p_report = sub.add_parser("report", help="print the tables")
     p_report.add_argument("--target", type=float, default=1.555, help="for the t-test of the latest seeds")
     args = parser.parse_args(argv)
@@ -162,6 +197,8 @@ def main(argv: list[str]) -> int:
             for seed in range(1, args.runs + 1)
         ]
         print(significance(runs, args.target))
+    elif args.command == "steptime":
+        step_times(args.switches, args.rounds, args.steps)
     elif args.command == "nanogpt":
         train_once("nanogpt_cpu", [], "nanogpt")
     else:

@@ -9,7 +9,9 @@ V = vocabulary size (padded, see ModelConfig.pad_vocab_to), P = tokens already i
 The defaults build the lecture's model. Optional switches in ModelConfig swap in newer parts, each
 one independent of the others: rotary position embeddings (``position``), RMSNorm (``norm``),
 QK-norm (``qk_norm``), squared-ReLU MLP (``mlp``), an untied head (``tie_head``), zero-initialised
-output projections (``zero_init_proj``) and no biases (``bias``).
+output projections (``zero_init_proj``), no biases (``bias``), and from the GPT-2 speedrun
+(modded-nanogpt): a soft-cap on the logits (``logit_softcap``), U-net skip connections from the
+first half of the blocks to the second (``unet_skips``) and value embeddings (``value_embeds``).
 
 Nothing here knows about devices, dtypes, processes or optimizers.
 """
@@ -25,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gpt.config import ModelConfig
 from gpt.kv_cache import KVCache
+from gpt.layers import apply_rope, rope_rotation, softcap
 
 
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
@@ -35,27 +38,15 @@ def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
     return nn.LayerNorm(dim, bias=cfg.bias)
 
 
-def rope_rotation(head_size: int, base: float, start: int, T: int, device: torch.device) -> torch.Tensor:
-    """Rotary position embedding (RoPE): the cosines and sines of the angles position * theta_i for
-    positions start .. start+T-1, (T, 1, hs/2, 2) float32, broadcast over heads.
-
-    Channels (2i, 2i+1) of a query or key are a 2-D point rotated by its angle (``apply_rope``), so
-    that q . k depends on how far apart two tokens are, not on where they are. Computed once per
-    forward pass from the config (a few hundred numbers): no buffer that model.to(torch.bfloat16)
-    could round. Real cos/sin rather than complex numbers, which torch.compile cannot fuse.
-    """
-    theta = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32, device=device) / head_size)  # (hs/2,)
-    positions = torch.arange(start, start + T, dtype=torch.float32, device=device)  # (T,)
-    angles = torch.outer(positions, theta)[:, None, :]  # (T, 1, hs/2)
-    return torch.stack([angles.cos(), angles.sin()], dim=-1)  # (T, 1, hs/2, 2)
-
-
-def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """x: (B, T, H, hs), H vectors per position, rotated by ``rope_rotation``'s (T, 1, hs/2, 2) -> same shape."""
-    a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # channels 2i and 2i+1: (B, T, H, hs/2) each
-    cos, sin = rotation.unbind(-1)  # (T, 1, hs/2) each
-    rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)  # (B, T, H, hs/2, 2)
-    return rotated.flatten(-2).to(x.dtype)  # (B, T, H, hs)
+def value_table(cfg: ModelConfig, layer: int) -> int | None:
+    """The value embedding block ``layer`` mixes into its attention values, or None: with k tables
+    (ModelConfig.value_embeds), table i serves block i and block n_layer-k+i (modded-nanogpt)."""
+    k = cfg.value_embeds
+    if layer < k:
+        return layer
+    if layer >= cfg.n_layer - k:
+        return layer - (cfg.n_layer - k)
+    return None
 
 
 class CausalSelfAttention(nn.Module):
@@ -71,15 +62,24 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # queries, keys, values in one matmul
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        # with a value embedding (GPT.value_table): values = value_mix[0] * v + value_mix[1] * the token's row
+        self.value_mix = nn.Parameter(torch.full((2,), 0.5)) if value_table(cfg, layer) is not None else None
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, rotation: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        rotation: torch.Tensor | None = None,
+        value_embed: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: (B, T, C); rotation: the rotary positions of these T tokens (rope_rotation), or None."""
+        """x: (B, T, C); rotation: the rotary positions of these T tokens (rope_rotation), or None;
+        value_embed: (B, T, C), these tokens' rows of this block's value embedding, or None."""
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         qkv = self.qkv(x).view(B, T, 3 * nh, hs)  # every head's query, key and value: (B, T, 3nh, hs)
         qk, v = qkv[:, :, : 2 * nh], qkv[:, :, 2 * nh :]  # queries and keys (B, T, 2nh, hs), values (B, T, nh, hs)
+        if value_embed is not None:  # per token, so cached decoding stores the mixed values like any others
+            v = (self.value_mix[0] * v + self.value_mix[1] * value_embed.view_as(v)).to(qkv.dtype)
         if self.qk_norm:
             qk = F.rms_norm(qk, (hs,))  # every query and key vector to unit RMS: bounded attention logits
         past = cache.pos if cache is not None else 0  # the new tokens sit at positions past .. past+T-1
@@ -141,9 +141,13 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, rotation: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        rotation: torch.Tensor | None = None,
+        value_embed: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, rotation)  # residual connections around both sub-layers
+        x = x + self.attn(self.ln_1(x), cache, rotation, value_embed)  # residual connections around both sub-layers
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -151,15 +155,19 @@ class Block(nn.Module):
 # The loss: the LM head and cross-entropy together, so that training never holds (B, T, V) logits.
 
 
-def cross_entropy(x: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+def cross_entropy(
+    x: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, reduction: str, cap: float = 0.0
+) -> torch.Tensor:
     """Cross-entropy of the head's predictions from hidden states x (N, C) for targets (N,), -1 ignored,
     summed ('sum') or per token ('none', 0 where ignored). The logits (N, V) are cast to float32 first:
-    a softmax over V in bf16 loses digits."""
-    logits = F.linear(x, head).float()  # (N, V)
+    a softmax over V in bf16 loses digits. cap: ModelConfig.logit_softcap."""
+    logits = softcap(F.linear(x, head).float(), cap)  # (N, V)
     return F.cross_entropy(logits, targets, ignore_index=-1, reduction=reduction)
 
 
-def head_loss(x: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, chunk: int, reduction: str) -> torch.Tensor:
+def head_loss(
+    x: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, chunk: int, reduction: str, cap: float = 0.0
+) -> torch.Tensor:
     """Cross-entropy of hidden states x (B, T, C) through the head (V, C) against targets (B, T).
 
     chunk > 0 takes that many tokens at a time, each under activation checkpointing: backward keeps
@@ -177,9 +185,9 @@ def head_loss(x: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, chunk:
     pieces = []
     for xs, ts in zip(x.split(size), targets.split(size), strict=True):  # (size, C), (size,)
         if size < len(targets) and torch.is_grad_enabled():  # backward recomputes this piece's logits
-            pieces.append(checkpoint(cross_entropy, xs, head, ts, per_piece, use_reentrant=False))
+            pieces.append(checkpoint(cross_entropy, xs, head, ts, per_piece, cap, use_reentrant=False))
         else:  # one piece, or evaluation: nothing kept for backward
-            pieces.append(cross_entropy(xs, head, ts, per_piece))
+            pieces.append(cross_entropy(xs, head, ts, per_piece, cap))
     if reduction == "none":
         return torch.cat(pieces).view(shape)  # (B, T)
     total = torch.stack(pieces).sum()
@@ -201,6 +209,10 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        # extra token embeddings mixed into attention values (ModelConfig.value_embeds; see value_table)
+        self.value_embeds = nn.ModuleList(nn.Embedding(V, cfg.n_embd) for _ in range(cfg.value_embeds))
+        # U-net: block i's output feeds block n_layer-1-i's input, times skip_weights[i] (ModelConfig.unet_skips)
+        self.skip_weights = nn.Parameter(torch.ones(cfg.n_layer // 2)) if cfg.unet_skips else None
         self.ln_f = make_norm(cfg, cfg.n_embd)
         # Tied, the LM head reuses wte.weight. It is one Parameter, not two tensors that share storage,
         # so no save/load path (safetensors, FSDP, accelerate) can untie or drop it.
@@ -251,17 +263,26 @@ class GPT(nn.Module):
         rotation = None  # rotary positions: the same rotations for every layer, computed once
         if self.cfg.position == "rope":
             rotation = rope_rotation(self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base, start, T, idx.device)
-        for block in self.blocks:
-            x = block(x, cache, rotation)  # (B, T, C)
+        value_rows = [table(idx) for table in self.value_embeds]  # (B, T, C) each
+        skips = []  # the U-net's outputs of the first half of the blocks, the last one on top
+        for i, block in enumerate(self.blocks):
+            mirror = self.cfg.n_layer - 1 - i  # the first-half block whose output this one takes
+            if self.skip_weights is not None and mirror < len(self.skip_weights):
+                x = x + self.skip_weights[mirror] * skips.pop()
+            table = value_table(self.cfg, i)
+            x = block(x, cache, rotation, None if table is None else value_rows[table])  # (B, T, C)
+            if self.skip_weights is not None and i < len(self.skip_weights):
+                skips.append(x)
         if cache is not None:
             cache.advance(T)
         if last_only:
             x = x[:, -1:]  # (B, 1, C)
         x = self.ln_f(x)
         head = self.wte.weight if self.lm_head is None else self.lm_head.weight  # (V, C)
+        cap = self.cfg.logit_softcap
         if targets is not None:
-            return None, head_loss(x, head, targets, self.cfg.loss_chunk_tokens, reduction)
-        return F.linear(x, head), None  # (B, T, V)
+            return None, head_loss(x, head, targets, self.cfg.loss_chunk_tokens, reduction, cap)
+        return softcap(F.linear(x, head), cap), None  # (B, T, V)
 
     def new_cache(self, rolling: bool = False) -> KVCache:
         """An empty key/value cache; ``rolling`` (rotary positions only) decodes on past block_size."""
@@ -313,4 +334,5 @@ def num_params(model: nn.Module, non_embedding: bool = True) -> int:
             n -= model.wpe.weight.numel()
         if model.lm_head is not None:
             n -= model.wte.weight.numel()
+        n -= sum(table.weight.numel() for table in model.value_embeds)  # lookups, like wpe
     return n

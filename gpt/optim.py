@@ -20,11 +20,28 @@ from gpt.config import TrainConfig
 from gpt.errors import UserError
 
 
-def adamw_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices (linear and embedding weights) only, not on biases and norm gains."""
+def param_kind(name: str, param: torch.nn.Parameter) -> str:
+    """'scalar' (0-D or 1-D: biases, norm gains, mixing weights), 'embed' (token and value embeddings),
+    'head' (an untied LM head) or 'matrix' (the blocks' weights): the groups that can have their own rate."""
+    if param.dim() < 2:
+        return "scalar"
+    if name.startswith(("wte.", "value_embeds.")):
+        return "embed"
+    return "head" if name.startswith("lm_head.") else "matrix"
+
+
+def adamw_groups(named: list[tuple[str, torch.nn.Parameter]], t: TrainConfig) -> list[dict[str, Any]]:
+    """Weight decay on matrices (linear and embedding weights) only, not on biases and norm gains; each
+    kind's learning rate scaled by its train.*_lr_scale. Parameters with the same decay and scale share a
+    group, so with every scale at 1 the groups are the two they always were (checkpoints resume)."""
+    scales = {"embed": t.embed_lr_scale, "head": t.head_lr_scale, "scalar": t.scalar_lr_scale, "matrix": 1.0}
+    groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
+    for name, p in named:
+        kind = param_kind(name, p)
+        groups.setdefault((kind != "scalar", scales[kind]), []).append(p)
     return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": 1.0},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0},
+        {"params": params, "weight_decay": t.weight_decay if decayed else 0.0, "lr_scale": scale}
+        for (decayed, scale), params in groups.items()
     ]
 
 
@@ -33,13 +50,11 @@ def is_hidden_matrix(name: str, param: torch.nn.Parameter) -> bool:
     return param.dim() == 2 and name.startswith("blocks.")
 
 
-def make_adamw(params: list, t: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_adamw(named: list[tuple[str, torch.nn.Parameter]], t: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     # One fused kernel for the whole update: fewer passes over memory, no loop over tensors (on this
     # 2-core CPU, 0.4 ms instead of 2.0 ms per step for nanoGPT's CPU model; see docs/benchmarks.md).
     fused = True if device.type in ("cuda", "cpu", "mps", "xpu") else None
-    return torch.optim.AdamW(
-        adamw_groups(params, t.weight_decay), lr=t.learning_rate, betas=(t.beta1, t.beta2), fused=fused
-    )
+    return torch.optim.AdamW(adamw_groups(named, t), lr=t.learning_rate, betas=(t.beta1, t.beta2), fused=fused)
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
@@ -84,14 +99,14 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device
     """The optimizer train.optimizer names, with lr_scale set on every group (see ``set_lr``)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if t.optimizer == "adamw":
-        return make_adamw([p for _, p in named], t, device)
+        return make_adamw(named, t, device)
     if not hasattr(torch.optim, "Muon"):
         raise UserError(
             f"train.optimizer=muon needs torch.optim.Muon (torch 2.9 or newer); this is torch {torch.__version__}: "
             "upgrade torch or use train.optimizer=adamw"
         )
     matrices = [p for n, p in named if is_hidden_matrix(n, p)]
-    others = [p for n, p in named if not is_hidden_matrix(n, p)]
+    others = [(n, p) for n, p in named if not is_hidden_matrix(n, p)]
     if not matrices:
         raise UserError("train.optimizer=muon needs a model with weight matrices in its blocks (model.kind=gpt)")
     muon = torch.optim.Muon(

@@ -21,11 +21,11 @@ BLOCK = 16
 VOCAB = 20
 
 
-def sharp_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> GPT:
+def sharp_model(seed: int = 0, dtype: torch.dtype = torch.float32, **features) -> GPT:
     """A random GPT whose weights are large enough that its greedy choice depends on the context
     (with the training init, 0.02, every context gives almost the same flat distribution)."""
     torch.manual_seed(seed)
-    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=VOCAB)).eval()
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=VOCAB, **features)).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
@@ -60,6 +60,21 @@ def test_greedy_cached_equals_uncached_inside_and_past_the_context(prompt_len):
     assert torch.equal(cached, run(model, idx, n, temperature=0, use_cache=False))
     assert torch.equal(cached, reference_greedy(model, idx, n))
     assert len(cached.unique()) > 5  # the model's choices depend on the context, so the check has teeth
+
+
+@pytest.mark.parametrize(
+    "features",
+    [{"unet_skips": True}, {"value_embeds": 1}, {"logit_softcap": 2.0}, {"unet_skips": True, "value_embeds": 1}],
+    ids=["unet_skips", "value_embeds", "logit_softcap", "skips_and_value_embeds"],
+)
+def test_greedy_cached_equals_uncached_with_the_speedrun_switches(features):
+    model = sharp_model(**features)
+    idx = prompt(5)
+    n = 3 * BLOCK  # runs past the context
+    cached = run(model, idx, n, temperature=0)
+    assert torch.equal(cached, run(model, idx, n, temperature=0, use_cache=False))
+    assert torch.equal(cached, reference_greedy(model, idx, n))
+    assert len(cached.unique()) > 5
 
 
 @pytest.mark.parametrize("use_cache", [True, False])

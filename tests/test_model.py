@@ -480,3 +480,69 @@ def test_chunked_loss_never_makes_the_whole_logits_and_saves_far_less():
     assert largest == chunk * V  # with chunks no more than one chunk's logits at a time
     logits_bytes = B * T * V * 4
     assert whole_saved - saved >= logits_bytes  # no (B, T, V) float32 log-probabilities kept for backward
+
+
+# The switches from the GPT-2 speedrun (modded-nanogpt): logit soft-cap, U-net skips, value embeddings.
+
+
+def test_logit_softcap_caps_inference_logits_and_the_training_loss_alike():
+    torch.manual_seed(0)
+    plain = GPT(tiny(bias=False))
+    with torch.no_grad():
+        plain.wte.weight.mul_(200)  # logits far beyond the cap
+    capped = GPT(tiny(bias=False, logit_softcap=3.0))
+    capped.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 65, (2, 16))
+    raw, _ = plain(idx)
+    logits, _ = capped(idx)
+    torch.testing.assert_close(logits, 3.0 * torch.tanh(raw / 3.0))
+    assert raw.abs().max() > 10 and logits.abs().max() <= 3.0
+    expected = F.cross_entropy(logits.flatten(0, 1), idx.flatten())
+    _, loss = capped(idx, idx)
+    torch.testing.assert_close(loss, expected)
+    capped.cfg.loss_chunk = 5  # the chunked, checkpointed loss caps the same way
+    torch.testing.assert_close(capped(idx, idx)[1], expected)
+
+
+def test_unet_skips_with_zero_weights_are_the_plain_model_and_otherwise_change_it():
+    torch.manual_seed(0)
+    plain = GPT(tiny(n_layer=4))
+    skips = GPT(tiny(n_layer=4, unet_skips=True))
+    assert skips.skip_weights.tolist() == [1.0, 1.0]  # block 0 -> block 3, block 1 -> block 2
+    missing = skips.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["skip_weights"]
+    idx = torch.randint(0, 65, (2, 16))
+    assert not torch.allclose(skips(idx)[0], plain(idx)[0])
+    with torch.no_grad():
+        skips.skip_weights.zero_()
+    torch.testing.assert_close(skips(idx)[0], plain(idx)[0])
+
+
+def test_value_embeddings_serve_the_first_and_last_blocks_and_with_no_share_are_the_plain_model():
+    from gpt.model import value_table
+
+    assert [value_table(tiny(n_layer=4, value_embeds=2), i) for i in range(4)] == [0, 1, 0, 1]
+    assert [value_table(tiny(n_layer=5, value_embeds=2), i) for i in range(5)] == [0, 1, None, 0, 1]
+    assert [value_table(tiny(n_layer=4), i) for i in range(4)] == [None] * 4
+    torch.manual_seed(0)
+    plain = GPT(tiny(n_layer=3))
+    ve = GPT(tiny(n_layer=3, value_embeds=1))
+    missing = ve.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["blocks.0.attn.value_mix", "blocks.2.attn.value_mix", "value_embeds.0.weight"]
+    assert num_params(ve) == num_params(plain) + 4  # the tables are lookups; the two mixes are counted
+    idx = torch.randint(0, 65, (2, 16))
+    assert not torch.allclose(ve(idx)[0], plain(idx)[0])
+    with torch.no_grad():
+        for i in (0, 2):
+            ve.blocks[i].attn.value_mix.copy_(torch.tensor([1.0, 0.0]))  # all of v, none of the table
+    torch.testing.assert_close(ve(idx)[0], plain(idx)[0])
+
+
+def test_more_value_embeddings_than_half_the_blocks_is_one_clear_error():
+    from gpt.config import Config, validate
+    from gpt.errors import UserError
+
+    cfg = Config()
+    cfg.model.n_layer, cfg.model.value_embeds = 4, 3
+    with pytest.raises(UserError, match="value_embeds=3 is more than n_layer // 2 = 2"):
+        validate(cfg)

@@ -104,6 +104,30 @@ class ModelConfig:
         "Initialise the attention and MLP output projections to zero (each block starts as the identity).",
         architecture=False,
     )
+    logit_softcap: float = doc(
+        0.0,
+        "Soft-cap the LM head's logits to (-c, c) with c * tanh(logits / c) (modded-nanogpt: 30; gemma 2); 0: no cap.",
+        check=NON_NEGATIVE,
+        architecture=True,
+        gpt2=0.0,
+    )
+    unet_skips: bool = doc(
+        False,
+        "U-net skip connections: the output of block i of the first half is added, times a learned scalar "
+        "(starting at 1), to the input of the mirrored block n_layer-1-i of the second half (modded-nanogpt).",
+        architecture=True,
+        gpt2=False,
+    )
+    value_embeds: int = doc(
+        0,
+        "Value embeddings: this many extra token-embedding tables, each mixed (learned scalars) into the "
+        "attention values of one of the first blocks and of the same-numbered one of the last blocks "
+        "(table i: block i and block n_layer-k+i; modded-nanogpt). At most n_layer // 2 (more blocks "
+        "than tables: the middle ones have none); 0: none.",
+        check=NON_NEGATIVE,
+        architecture=True,
+        gpt2=0,
+    )
 
     @property
     def loss_chunk_tokens(self) -> int:

@@ -176,6 +176,21 @@ class TrainConfig:
     )
     muon_lr: float = doc(0.02, "Muon's peak learning rate (the schedule scales it like learning_rate).", check=POSITIVE)
     muon_momentum: float = doc(0.95, "Muon's momentum (Nesterov).", check=PROBABILITY)
+    embed_lr_scale: float = doc(
+        1.0,
+        "AdamW learning rate of the token (and value) embeddings, as a multiple of the schedule's rate "
+        "(modded-nanogpt gives embeddings a much higher rate than the rest).",
+        check=POSITIVE,
+    )
+    head_lr_scale: float = doc(
+        1.0, "AdamW learning rate of an untied LM head, as a multiple of the schedule's rate.", check=POSITIVE
+    )
+    scalar_lr_scale: float = doc(
+        1.0,
+        "AdamW learning rate of the 0-D and 1-D parameters (norm gains, biases, skip and mixing weights), "
+        "as a multiple of the schedule's rate.",
+        check=POSITIVE,
+    )
 
 
 @dataclass

@@ -34,6 +34,11 @@ def validate(cfg: Config) -> None:
             f"model.position=rope needs an even head size, got n_embd / n_head = {m.n_embd // m.n_head}; "
             "change model.n_embd or model.n_head"
         )
+    if m.value_embeds > m.n_layer // 2:
+        raise UserError(
+            f"model.value_embeds={m.value_embeds} is more than n_layer // 2 = {m.n_layer // 2} "
+            "(each table serves one block of the first half and one of the second); lower it"
+        )
     check_loggers(cfg.tracking.loggers, cfg.wandb.mode)  # known names, the packages of those that run installed
 
 
