@@ -183,7 +183,7 @@ def setup(cfg: Config) -> Run:
     mode = wandb_mode(cfg.wandb.mode)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    precision, precision_note = cpu.training_precision(t.mixed_precision, t.cpu_bf16, on_cpu)  # emulated bf16: fp32
+    precision, precision_note = cpu.training_precision(t.mixed_precision, t.cpu_bf16, on_cpu, cfg.model.n_embd)
     accelerator = Accelerator(
         # Several processes and no GPU: run them on CPU over gloo (accelerate's multi-process
         # launcher does not pass use_cpu from a config file on to the processes).
@@ -243,6 +243,8 @@ def setup(cfg: Config) -> Run:
         with accelerator.local_main_process_first():
             hf.load_pretrained(model, cfg.model.init_from)
     model = model.to(device)
+    if head_note := cpu.head_precision(model, accelerator, t.cpu_bf16):  # bf16 on CPU: the LM head too?
+        print0(accelerator, head_note)
     optimizer = build_optimizer(model, t, device)
     activation_checkpointing.apply(accelerator, model, t.activation_checkpointing, model_cfg.dropout)
     model, optimizer = accelerator.prepare(model, optimizer)
