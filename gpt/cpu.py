@@ -110,7 +110,7 @@ def bf16_hardware(flags: set[str] | None = None) -> Bf16Hardware:
 
 
 @functools.cache
-def matmul_times(rows: int, inner: int, outer: int, repeats: int = 3) -> MatmulTimes:
+def matmul_times(rows: int, inner: int, outer: int, repeats: int = 5) -> MatmulTimes:
     """Time F.linear of (rows x inner) by (outer x inner) in bf16 and in fp32 (best of ``repeats``
     after a first call that sets up the kernels); once per shape and process."""
     generator = torch.Generator().manual_seed(0)
