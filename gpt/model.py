@@ -311,7 +311,7 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         head = self.wte.weight if self.lm_head is None else self.lm_head.weight  # (V, C)
         with torch.autocast(x.device.type, enabled=False) if self.fp32_head else nullcontext():
-            x = x.float() if self.fp32_head else x
+            x, head = (x.float(), head.float()) if self.fp32_head else (x, head)
             if targets is not None:
                 return None, head_loss(x, head, targets, self.cfg.loss_chunk_tokens, reduction)
             return F.linear(x, head), None  # (B, T, V)
