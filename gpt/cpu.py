@@ -6,7 +6,7 @@ cloud VMs) bf16 is emulated and a matmul can take several times as long as in fp
 GPT-2's vocabulary: 6x), so a bf16 training step is many times slower than an fp32 one. Whether bf16
 wins also depends on the shape: the LM head (tokens x width by vocabulary x width) is not the
 blocks' matmul. So bf16 asked for on a CPU is checked at start-up: a matmul of the blocks' shape and
-one of the LM head's shape are timed in bf16 and in fp32 (a few milliseconds, once per shape), and
+one of the LM head's shape are timed in bf16 and in fp32 (under a second, once per shape), and
 
 - the blocks lose: training runs in fp32 (decided before accelerate is set up);
 - only the LM head loses: the blocks run in bf16, the LM head and loss in fp32 outside autocast;
