@@ -19,12 +19,15 @@ from gpt.config import TrainConfig
 from gpt.errors import UserError
 
 
-def build_accelerator(t: TrainConfig, out_dir: str, log_with: list[str] | None, logging_dir: str) -> Accelerator:
+def build_accelerator(
+    t: TrainConfig, out_dir: str, log_with: list[str] | None, logging_dir: str, width: int
+) -> Accelerator:
     """The Accelerator of a training run, its device set up; ``log_with``: accelerate's trackers (may be
-    empty), writing under ``logging_dir`` where they take it."""
+    empty), writing under ``logging_dir`` where they take it; ``width``: the model's, for the CPU's bf16
+    probe (gpt.cpu)."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    precision, precision_note = cpu.training_precision(t.mixed_precision, t.cpu_bf16, on_cpu)  # emulated bf16: fp32
+    precision, precision_note = cpu.training_precision(t.mixed_precision, t.cpu_bf16, on_cpu, width)  # or fp32
     accelerator = Accelerator(
         # Several processes and no GPU: run them on CPU over gloo (accelerate's multi-process
         # launcher does not pass use_cpu from a config file on to the processes).

@@ -19,6 +19,7 @@ Nothing here knows about devices, dtypes, processes or optimizers.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -217,6 +218,7 @@ class GPT(nn.Module):
         # Tied, the LM head reuses wte.weight. It is one Parameter, not two tensors that share storage,
         # so no save/load path (safetensors, FSDP, accelerate) can untie or drop it.
         self.lm_head = None if cfg.tie_head else nn.Linear(cfg.n_embd, V, bias=False)
+        self.fp32_head = False  # the head and loss in fp32 outside autocast (gpt.cpu: where bf16 loses there)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
@@ -280,9 +282,11 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         head = self.wte.weight if self.lm_head is None else self.lm_head.weight  # (V, C)
         cap = self.cfg.logit_softcap
-        if targets is not None:
-            return None, head_loss(x, head, targets, self.cfg.loss_chunk_tokens, reduction, cap)
-        return softcap(F.linear(x, head), cap), None  # (B, T, V)
+        with torch.autocast(x.device.type, enabled=False) if self.fp32_head else nullcontext():
+            x, head = (x.float(), head.float()) if self.fp32_head else (x, head)
+            if targets is not None:
+                return None, head_loss(x, head, targets, self.cfg.loss_chunk_tokens, reduction, cap)
+            return softcap(F.linear(x, head), cap), None  # (B, T, V)
 
     def new_cache(self, rolling: bool = False) -> KVCache:
         """An empty key/value cache; ``rolling`` (rotary positions only) decodes on past block_size."""

@@ -27,7 +27,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 
-from gpt import activation_checkpointing, collective, fsdp, guards, hf, perf, resume, runfiles, signals
+from gpt import activation_checkpointing, collective, cpu, fsdp, guards, hf, perf, resume, runfiles, signals
 from gpt.accelerator import build_accelerator
 from gpt.budget import TimeBudget
 from gpt.config import Config, ModelConfig, TrainConfig, to_dict
@@ -87,7 +87,7 @@ def print0(accelerator: Accelerator, *args: Any) -> None:
 
 def setup(cfg: Config) -> Run:
     t = cfg.train
-    accelerator = build_accelerator(t, cfg.out_dir, trackers_to_start(cfg), logging_dir(cfg.out_dir))
+    accelerator = build_accelerator(t, cfg.out_dir, trackers_to_start(cfg), logging_dir(cfg.out_dir), cfg.model.n_embd)
     device = accelerator.device
     lock = runfiles.lock_run_dir(cfg.out_dir, enabled=accelerator.is_main_process)  # one training per out_dir
 
@@ -108,6 +108,8 @@ def setup(cfg: Config) -> Run:
         with accelerator.local_main_process_first():
             hf.load_pretrained(model, model_cfg.init_from)
     model = model.to(device)
+    if head_note := cpu.head_precision(model, accelerator, t.cpu_bf16):  # bf16 on CPU: the LM head too?
+        print0(accelerator, head_note)
     optimizer = build_optimizer(model, t, device)
     activation_checkpointing.apply(accelerator, model, t.activation_checkpointing, model_cfg.dropout)
     model, optimizer = accelerator.prepare(model, optimizer)

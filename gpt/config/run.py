@@ -90,9 +90,10 @@ class TrainConfig:
     )
     cpu_bf16: Literal["auto", "always"] = doc(
         "auto",
-        "bf16 (from train.mixed_precision or the launch) on a CPU: 'auto' keeps it where the CPU computes bf16 "
-        "natively (AVX512-BF16 or AMX in its flags, or a timed bf16 matmul no slower than 1.5x fp32) and falls back "
-        "to fp32 elsewhere, with one line, since emulated bf16 is many times slower; 'always' keeps bf16 anyway.",
+        "bf16 (from train.mixed_precision or the launch) on a CPU: 'auto' times a matmul of the blocks' shape and "
+        "one of the LM head's in bf16 and fp32 at start-up and runs in fp32 what bf16 would slow down: everything "
+        "(CPUs without AVX512-BF16 or AMX, where bf16 is emulated and several times slower), or only the LM head "
+        "and loss; one line says what was chosen. 'always' keeps bf16 throughout.",
     )
     compile: bool = doc(False, "Wrap the model in torch.compile.")
     activation_checkpointing: bool = doc(
