@@ -2,6 +2,7 @@
 
     flock -x /tmp/cpu.lock python bench/speedrun.py final --runs 3          # the preset, three times
     flock -x /tmp/cpu.lock python bench/speedrun.py seeds --runs 5 --target 1.555   # seeds 1..5, with a t-test
+    flock -x /tmp/cpu.lock python bench/speedrun.py pair --runs 5 train.schedule=cosine   # against a baseline
     flock -x /tmp/cpu.lock python bench/speedrun.py ablate rope muon        # one run per feature switched off
     flock -x /tmp/cpu.lock python bench/speedrun.py nanogpt                 # nanoGPT's CPU recipe, for reference
     flock -x /tmp/cpu.lock python bench/speedrun.py steptime value_embeds    # ms/step beside the preset's
@@ -154,6 +155,16 @@ def significance(records: list[dict], target: float) -> str:
     ])  # fmt: skip
 
 
+def paired(runs: list[dict], baselines: list[dict], target: float) -> str:
+    """Both tables, and the one-sided paired t-test that the preset beats the baseline seed for seed."""
+    diffs = [r["val_loss"] - b["val_loss"] for r, b in zip(runs, baselines, strict=True)]
+    test = one_sided_t_test(diffs, 0.0)
+    return "\n".join([
+        "the preset:", significance(runs, target), "", "the baseline:", significance(baselines, target), "",
+        f"preset - baseline, seed for seed: mean {test.mean:+.4f}, std {test.std:.4f}, one-sided p {test.p_value:.2g}",
+    ])  # fmt: skip
+
+
 def latest_batch(target: float) -> None:
     records = [json.loads(line) for line in RESULTS.read_text().splitlines()]
     batched = [r for r in records if r.get("batch")]
@@ -177,6 +188,10 @@ def main(argv: list[str]) -> int:
     p_seeds.add_argument("--runs", type=int, default=5)
     p_seeds.add_argument("--target", type=float, default=1.555, help="val loss the mean should be below")
     p_seeds.add_argument("overrides", nargs="*", help="key=value overrides of the preset")
+    p_pair = sub.add_parser("pair", help="the preset and a baseline, seed by seed alternating, with t-tests")
+    p_pair.add_argument("--runs", type=int, default=5)
+    p_pair.add_argument("--target", type=float, default=1.555, help="val loss the mean should be below")
+    p_pair.add_argument("baseline", nargs="+", help="key=value overrides that make the baseline from the preset")
     p_time = sub.add_parser("steptime", help="ms/step of the preset with each named switch on, alternating")
     p_time.add_argument("switches", nargs="+", choices=sorted(SWITCHES))
     p_time.add_argument("--rounds", type=int, default=3)
@@ -197,6 +212,13 @@ def main(argv: list[str]) -> int:
             for seed in range(1, args.runs + 1)
         ]
         print(significance(runs, args.target))
+    elif args.command == "pair":  # alternating, so that the machine's drift falls on both alike
+        batch = time.strftime("%Y%m%d-%H%M%S")
+        runs, baselines = [], []
+        for seed in range(1, args.runs + 1):
+            runs.append(train_once("speedrun_cpu", [f"seed={seed}"], "seeds", batch))
+            baselines.append(train_once("speedrun_cpu", [f"seed={seed}", *args.baseline], "seeds", batch + "-baseline"))
+        print(paired(runs, baselines, args.target))
     elif args.command == "steptime":
         step_times(args.switches, args.rounds, args.steps)
     elif args.command == "nanogpt":

@@ -175,3 +175,15 @@ def accelerate_launch(*args: str, cwd: Path | None = None, timeout: float = 300,
     """``accelerate launch`` with the given launcher arguments (e.g. --config_file launch/cpu_multiprocess.yaml)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *args]
     return subprocess.run(cmd, cwd=cwd, env=env(**extra_env), capture_output=True, text=True, timeout=timeout)
+
+
+def uncached_greedy(model: torch.nn.Module, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Greedy decoding written the plainest way: the whole (cropped) context through the model at every
+    step, no cache; what cached decoding must reproduce token for token. Returns the (B, n) new tokens."""
+    block = model.cfg.block_size
+    out = idx
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = model(out[:, -block:])
+            out = torch.cat([out, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return out[:, idx.size(1) :]

@@ -15,7 +15,7 @@ from gpt.kv_cache import KVCache
 from gpt.model import GPT
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer
 
-from conftest import ROOT, env, random_export, randomise, run_script, tiny
+from conftest import ROOT, env, random_export, randomise, run_script, tiny, uncached_greedy
 
 BLOCK = 16
 VOCAB = 20
@@ -41,16 +41,6 @@ def run(model, idx, n, **kw) -> torch.Tensor:
     return torch.stack(list(generate_tokens(model, idx, n, **kw)), dim=1)  # (B, n)
 
 
-def reference_greedy(model: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
-    """Greedy decoding written the plainest way: the whole (cropped) context through the model each step."""
-    out = idx
-    with torch.no_grad():
-        for _ in range(n):
-            logits, _ = model(out[:, -BLOCK:])
-            out = torch.cat([out, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return out[:, idx.size(1) :]
-
-
 @pytest.mark.parametrize("prompt_len", [1, 5, 15, 16, 40])
 def test_greedy_cached_equals_uncached_inside_and_past_the_context(prompt_len):
     model = sharp_model()
@@ -58,7 +48,7 @@ def test_greedy_cached_equals_uncached_inside_and_past_the_context(prompt_len):
     n = 3 * BLOCK  # always runs past the context
     cached = run(model, idx, n, temperature=0)
     assert torch.equal(cached, run(model, idx, n, temperature=0, use_cache=False))
-    assert torch.equal(cached, reference_greedy(model, idx, n))
+    assert torch.equal(cached, uncached_greedy(model, idx, n))
     assert len(cached.unique()) > 5  # the model's choices depend on the context, so the check has teeth
 
 
@@ -73,7 +63,7 @@ def test_greedy_cached_equals_uncached_with_the_speedrun_switches(features):
     n = 3 * BLOCK  # runs past the context
     cached = run(model, idx, n, temperature=0)
     assert torch.equal(cached, run(model, idx, n, temperature=0, use_cache=False))
-    assert torch.equal(cached, reference_greedy(model, idx, n))
+    assert torch.equal(cached, uncached_greedy(model, idx, n))
     assert len(cached.unique()) > 5
 
 

@@ -7,6 +7,8 @@ from gpt.config import ModelConfig
 from gpt.generate import generate_tokens
 from gpt.model import GPT
 
+from conftest import uncached_greedy
+
 BLOCK = 24
 VOCAB = 20
 
@@ -20,16 +22,6 @@ def sharp_model(dtype: torch.dtype) -> GPT:
             if p.dim() == 2:
                 p.normal_(0.0, 0.3)
     return model.to(dtype)
-
-
-def uncached_greedy(model: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
-    """Greedy decoding the plainest way: the whole context through the model at every step."""
-    out = idx
-    with torch.no_grad():
-        for _ in range(n):
-            logits, _ = model(out[:, -BLOCK:])
-            out = torch.cat([out, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return out[:, idx.size(1) :]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
