@@ -49,7 +49,7 @@ CHOICE_SAYS = {
 
 @dataclass(frozen=True)
 class Bf16Hardware:
-    native: bool  # bf16 instructions (or, where the CPU flags cannot be read, oneDNN's bf16 path)
+    native: bool  # bf16 instructions in the CPU's flags
     name: str  # for the log line: which instructions, or their absence
 
 
@@ -75,38 +75,38 @@ class MatmulTimes:
         )
 
 
-def cpu_flags() -> set[str] | None:
-    """The CPU's feature flags from /proc/cpuinfo (Linux), or None where they cannot be read."""
+@functools.cache
+def cpuinfo(key: str) -> str | None:
+    """The value of the first ``key`` line of /proc/cpuinfo (Linux), or None where it cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return None
 
 
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags, or None where they cannot be read."""
+    flags = cpuinfo("flags")
+    return None if flags is None else set(flags.split())
+
+
 def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what the platform reports."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name, else what the platform reports."""
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def bf16_hardware(flags: set[str] | None = None) -> Bf16Hardware:
-    """Whether this CPU has bf16 instructions: from its flags, else (no /proc/cpuinfo) from oneDNN."""
+    """Whether this CPU has bf16 instructions, from its flags. Where they cannot be read (not Linux), it
+    counts as not known to have them: the timed matmuls then decide, with the stricter ratio."""
     flags = cpu_flags() if flags is None else flags
-    if flags is not None:
-        named = [name for flag, name in BF16_FLAGS.items() if flag in flags]
-        return Bf16Hardware(bool(named), " and ".join(named) if named else "no AVX512-BF16 or AMX")
-    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # AVX512 or Arm bf16 (also true on AVX512 cores)
-    return Bf16Hardware(native, "oneDNN bf16" if native else "no oneDNN bf16")
+    if flags is None:
+        return Bf16Hardware(False, "CPU flags unreadable")
+    named = [name for flag, name in BF16_FLAGS.items() if flag in flags]
+    return Bf16Hardware(bool(named), " and ".join(named) if named else "no AVX512-BF16 or AMX")
 
 
 @functools.cache
