@@ -32,7 +32,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from gpt import checkpoint as ckpt
-from gpt.config import Config, to_dict
+from gpt.config import Config, flat_dict, to_dict
 from gpt.errors import UserError
 from gpt.perf import peak_rss_bytes
 from gpt.tokenizer import Tokenizer
@@ -128,20 +128,10 @@ def _run_dir(accelerator: Accelerator) -> Path:
     return Path(accelerator.get_tracker("wandb", unwrap=True).dir).parent
 
 
-def flat_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """Nested settings as one level of dotted keys, lists joined by commas: what TensorBoard's
     hyperparameters (and MLflow's parameters) accept."""
-    flat: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            flat |= flat_settings(value, f"{prefix}{key}.")
-        else:
-            flat[prefix + key] = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-    return flat
-
-
-# ----------------------------------------------------------------------------------------------
-# W&B settings
+    return {key: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v for key, v in flat_dict(settings).items()}
 
 
 def new_run_id() -> str:

@@ -2,17 +2,17 @@
 
     python -m gpt.config               # every config key with its type, default and meaning
     python -m gpt.config shakespeare_char train.max_steps=100   # the values a preset and overrides give
-    python -m gpt.config --markdown    # the same as the README's config table
+    python -m gpt.config --markdown    # the table of docs/config.md
 
 Every field carries its documentation in ``metadata["doc"]``; ``train.py --help`` and the config
-table in the README are generated from it.
+table in docs/config.md are generated from it.
 """
 
 # The package, by concern: ``fields`` (``doc()``, the rules a value must follow,
 # conversion of values), ``model`` (ModelConfig), ``run`` (the rest of a training run's Config), ``tools``
 # (the options of sample.py, gpt.serve and gpt.evaluate), ``loading`` (presets and overrides), ``validation``,
-# ``flags`` (``--name value`` options generated from a dataclass) and ``reference`` (``--help``, the README
-# table).
+# ``flags`` (``--name value`` options generated from a dataclass) and ``reference`` (``--help``, the table
+# of docs/config.md).
 
 from gpt.config.fields import (
     NON_EMPTY,
@@ -24,6 +24,7 @@ from gpt.config.fields import (
     check_fields,
     describe,
     doc,
+    flat_dict,
     to_dict,
 )
 from gpt.config.flags import CONFIG_ARGS, parse_command, parse_flags
@@ -45,7 +46,7 @@ __all__ = [
     "AUTO_LOSS_CHUNK", "CHUNKED_LOSS_FROM_VOCAB", "CONFIG_ARGS", "NON_EMPTY", "NON_NEGATIVE", "POSITIVE", "PRESET_DIRS",
     "PROBABILITY", "SEED", "Config", "DataConfig", "EvalConfig", "ModelConfig", "SampleConfig", "ServeConfig",
     "TrackingConfig", "TrainConfig", "WandbConfig", "allowed", "architecture_fields", "check_fields", "describe",
-    "doc", "find_preset", "gpt2_values", "help_text", "keys_text", "load_config", "main", "markdown_table",
+    "doc", "find_preset", "flat_dict", "gpt2_values", "help_text", "keys_text", "load_config", "main", "markdown_table",
     "model_config_from_dict", "parse_command", "parse_flags", "preset_names", "reference_rows", "resume_changes",
     "to_dict", "train_command", "validate",
 ]  # fmt: skip

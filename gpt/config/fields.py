@@ -181,3 +181,14 @@ def section_fields(section: Any) -> dict[str, tuple[dataclasses.Field, Any]]:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain nested dict (for YAML, JSON and W&B)."""
     return dataclasses.asdict(cfg)
+
+
+def flat_dict(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict (``to_dict``'s) as one level of dotted keys: ``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flat_dict(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat

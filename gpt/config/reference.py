@@ -1,4 +1,4 @@
-"""Documentation generated from the dataclasses: ``--help``, the README's config table, ``python -m gpt.config``."""
+"""Documentation generated from the dataclasses: ``--help``, the table of docs/config.md, ``python -m gpt.config``."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def markdown_table() -> str:
 class ReferenceOptions:
     """The options of python -m gpt.config."""
 
-    markdown: bool = doc(False, "Print every key as the README's config table (markdown) instead.")
+    markdown: bool = doc(False, "Print every key as the table of docs/config.md (markdown) instead.")
 
 
 def main(argv: list[str]) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpt.config.fields import check_fields, to_dict
+from gpt.config.fields import check_fields, flat_dict, to_dict
 from gpt.config.run import Config
 from gpt.errors import UserError
 from gpt.trackers import check_loggers
@@ -46,19 +46,9 @@ def resume_changes(saved: dict[str, Any], cfg: Config) -> str | None:
     """One line naming the settings that differ from those a resumed checkpoint was trained with
     (``saved``: its config as a dict), or None. The architecture is not compared: a change there
     cannot resume at all (gpt.checkpoint.check_same_model)."""
-    before, now = _flatten(saved), _flatten(to_dict(cfg))
+    before, now = flat_dict(saved), flat_dict(to_dict(cfg))
     ignored = ("out_dir", "resume")  # where the run is and how it was asked to continue, not how it trains
     changed = [k for k in now if k in before and k not in ignored and before[k] != now[k]]
     if not changed:
         return None
     return "resuming with changed settings: " + ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in changed)
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[prefix + key] = value
-    return flat
