@@ -31,6 +31,12 @@ float32 buffer (far bigger than any CPU cache), best of 5; matmul throughput in 
 cases use, F.linear as nn.Linear calls it, of a 2048 x 2048 x 2048 product and of the decode shape
 (10 x 384 by 1536 x 384, the MLP's first matmul), best of 5 batches of about 1 GFLOP; the larger is
 the limit.
+
+What the kernels allow: "matmuls alone s" is the number of forward passes of the case times one
+decode step's matrix products timed on their own (gpt.roofline.decode_matmul_seconds: F.linear of 10
+rows by every weight matrix of the model's shape, each its own tensor, so read from memory as decoding
+reads them; best of 5, default threads). "share at most" is the limit over that time: the share a
+decoder built on torch's F.linear would reach if attention, norms, sampling and Python cost nothing.
 """
 
 from __future__ import annotations
@@ -150,13 +156,15 @@ def measure_machine(dtypes: list[str]) -> dict[str, float]:
     import torch
 
     from gpt.config import load_config
-    from gpt.roofline import matmul_throughput, memory_bandwidth
+    from gpt.roofline import decode_matmul_seconds, matmul_throughput, memory_bandwidth
 
-    C = load_config(["shakespeare_char"]).model.n_embd
+    cfg = load_config(["shakespeare_char"]).model
+    cfg.vocab_size = 65  # Shakespeare's characters
     found = {"bandwidth": memory_bandwidth()}
     for dtype in dtypes:
         found[f"square {dtype}"] = matmul_throughput(2048, 2048, 2048, getattr(torch, dtype))
-        found[f"decode {dtype}"] = matmul_throughput(NUM_SAMPLES, C, 4 * C, getattr(torch, dtype))
+        found[f"decode {dtype}"] = matmul_throughput(NUM_SAMPLES, cfg.n_embd, 4 * cfg.n_embd, getattr(torch, dtype))
+        found[f"step matmuls s {dtype}"] = decode_matmul_seconds(cfg, NUM_SAMPLES, getattr(torch, dtype))
     return found
 
 
@@ -171,6 +179,14 @@ def limit_seconds(passes: list, dtype: str, machine: dict[str, float], cfg) -> f
     throughput = max(machine[f"square {dtype}"], machine[f"decode {dtype}"])
     costs = (roofline.pass_cost(cfg, NUM_SAMPLES, past, new, size, cached) for past, new, cached in passes)
     return sum(roofline.limit_seconds(c, machine["bandwidth"], throughput) for c in costs)
+
+
+def roofline_weight_bytes(cfg, dtype: str) -> int:
+    import torch
+
+    from gpt.roofline import weight_count
+
+    return weight_count(cfg) * getattr(torch, dtype).itemsize
 
 
 def make_export(folder: Path, position: str):
@@ -236,7 +252,8 @@ def main() -> None:
             machines.append(run_measure(sorted({CASES[c].dtype for c in cases})))
             for case in cases:  # interleaved, so slow drift of the machine hits every case alike
                 runs[case].append(run_case(case, exports))
-    machine = {k: max(m[k] for m in machines) for k in machines[0]}  # the best of every round's measure
+    best = {k: min if k.startswith("step matmuls") else max for k in machines[0]}  # seconds: the least
+    machine = {k: best[k](m[k] for m in machines) for k in machines[0]}  # the best of every round's measure
     report(args.group, cases, runs, machine, {p: cfg for p, (_, cfg) in exports.items()})
 
 
@@ -247,21 +264,34 @@ def report(group: str, cases: list[str], runs: dict[str, list[dict]], machine: d
           f"{runs[cases[0]][0]['threads']} torch threads unless the case says")  # fmt: skip
     print(
         f"machine (best of {repeats} rounds): read bandwidth {machine['bandwidth'] / 1e9:.1f} GB/s; matmul "
-        + "; ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in machine.items() if k != "bandwidth")
+        + "; ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in machine.items() if k.startswith(("square", "decode")))
     )
+    cfg = next(iter(cfgs.values()))
+    for dtype in sorted({CASES[c].dtype for c in cases}):
+        seconds = machine[f"step matmuls s {dtype}"]
+        weight_bytes = roofline_weight_bytes(cfg, dtype)
+        rate = weight_bytes / seconds
+        print(
+            f"one decode step's matrix products alone, {dtype}: {seconds * 1e3:.2f} ms, {weight_bytes / 1e6:.0f} MB "
+            f"of weights at {rate / 1e9:.1f} GB/s ({rate / machine['bandwidth']:.0%} of the read bandwidth)"
+        )
     print(
-        "| case | new tokens/s | generation s | limit s | share of limit | first token ms "
-        "| first token from start s | RSS MiB | peak RSS MiB |"
+        "| case | new tokens/s | generation s | limit s | share of limit | matmuls alone s | share at most "
+        "| first token ms | first token from start s | RSS MiB | peak RSS MiB |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     numbers = [k for k in runs[cases[0]][0] if k not in ("case", "passes")]
     med = {c: {k: statistics.median(r[k] for r in runs[c]) for k in numbers} for c in cases}
     for c in cases:
         m, case = med[c], CASES[c]
         limit = limit_seconds(runs[c][0]["passes"], case.dtype, machine, cfgs[case.position])
+        floor = "| - | - "  # without a cache every pass multiplies a whole window of rows: no one-step floor
+        if case.use_cache:  # a prefill counted as one step: the bound errs high
+            matmuls = len(runs[c][0]["passes"]) * machine[f"step matmuls s {case.dtype}"]
+            floor = f"| {matmuls:.2f} | {limit / matmuls:.0%} "
         print(
             f"| {c} | {m['tokens_per_s']:,.0f} | {m['seconds']:.2f} | {limit:.2f} | {limit / m['seconds']:.0%} "
-            f"| {m['ttft_ms']:.1f} | {m['ttft_from_start_s']:.2f} | {m['rss_before_mib']:.0f} "
+            f"{floor}| {m['ttft_ms']:.1f} | {m['ttft_from_start_s']:.2f} | {m['rss_before_mib']:.0f} "
             f"| {m['peak_rss_mib']:.0f} |"
         )
     baseline = next((c for c in cases if "no cache" in c), cases[0])

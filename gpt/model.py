@@ -101,11 +101,14 @@ class CausalSelfAttention(nn.Module):
             mask, causal = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past), False
         dropout = self.dropout if self.training else 0.0
         if self.explicit:
-            if causal:
-                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T): query i sees keys 0 .. i
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, P+T)
-            if mask is not None:
-                att = att.masked_fill(~mask, float("-inf"))
+            scale = 1.0 / math.sqrt(hs)
+            if mask is None and not causal:
+                att = (q @ k.transpose(-2, -1)) * scale  # (B, nh, 1, P+1): nothing to mask
+            else:  # scale * q k^T plus a bias of 0 where a key is seen and -inf where not, in one op
+                seen = mask if mask is not None else torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+                bias = torch.zeros(seen.shape, dtype=q.dtype, device=x.device).masked_fill(~seen, float("-inf"))
+                att = torch.baddbmm(bias, q.flatten(0, 1), k.flatten(0, 1).transpose(-2, -1), alpha=scale)
+                att = att.view(B, nh, T, -1)  # (B, nh, T, P+T)
             att = F.dropout(F.softmax(att, dim=-1), dropout, self.training)
             y = att.to(v.dtype) @ v  # (B, nh, T, hs)
         else:

@@ -91,6 +91,24 @@ def matmul_throughput(m: int, k: int, n: int, dtype: torch.dtype, repeats: int =
     return 2 * m * k * n * calls / best_seconds(batch, repeats)
 
 
+def decode_matmul_seconds(cfg: ModelConfig, rows: int, dtype: torch.dtype, repeats: int = 5) -> float:
+    """The time of one decode step's matrix products alone, best of ``repeats``: F.linear of (rows, C)
+    activations by every weight matrix of the blocks and by the head, each its own tensor of the
+    model's shape, as decoding reads them (from memory, not from a cache the previous call warmed).
+    Everything else a decode step does (attention over the cache, norms, sampling) comes on top."""
+    C = cfg.n_embd
+    shapes = [(3 * C, C), (C, C), (4 * C, C), (C, 4 * C)] * cfg.n_layer + [(cfg.padded_vocab_size, C)]
+    weights = [torch.randn(n, k).to(dtype) for n, k in shapes]
+    inputs = {k: torch.randn(rows, k).to(dtype) for k in (C, 4 * C)}
+
+    @torch.inference_mode()
+    def step():
+        for w in weights:
+            F.linear(inputs[w.size(1)], w)
+
+    return best_seconds(step, repeats)
+
+
 def limit_seconds(cost: Cost, bandwidth: float, throughput: float) -> float:
     """The roofline: no run can do ``cost`` faster than the larger of its memory and compute times."""
     return max(cost.bytes / bandwidth, cost.flops / throughput)

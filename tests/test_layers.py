@@ -1,8 +1,39 @@
-"""gpt/layers.py: the logit soft-cap (the rotary helpers are tested with the features in test_features.py)."""
+"""gpt/layers.py: the rotary rotation's arithmetic and the logit soft-cap (what rotary positions do to a
+model is tested in test_model.py)."""
 
+import pytest
 import torch
 
-from gpt.layers import softcap
+import gpt.layers
+from gpt.layers import apply_rope, rope_rotation, rotate_pairs, softcap
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eager_and_compiled_rope_forms_rotate_alike(dtype):
+    """apply_rope's complex form (eager) and rotate_pairs (what torch.compile traces) both rotate each
+    channel pair (a, b) to (a cos - b sin, a sin + b cos); the pairwise one bit for bit."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 40, 3, 16).to(dtype)  # (B, T, H, hs)
+    start, hs = 7, 16
+    theta = 10000.0 ** (-torch.arange(0, hs, 2, dtype=torch.float32) / hs)
+    angles = torch.outer(torch.arange(start, start + 40, dtype=torch.float32), theta)[:, None, :]
+    cos, sin = angles.cos(), angles.sin()
+    a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    expected = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2).to(dtype)
+    rotation = rope_rotation(hs, 10000.0, start, 40, x.device)
+    assert torch.equal(rotate_pairs(x, rotation), expected)
+    got = apply_rope(x, rotation)
+    assert got.dtype == dtype
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2  # a bfloat16 result may round the other way
+    torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_compiled_rope_takes_the_real_form(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(gpt.layers, "rotate_pairs", lambda x, rotation: calls.append(x) or x)
+    x = torch.randn(1, 4, 2, 8)
+    assert apply_rope(x, rope_rotation(8, 10000.0, 0, 4, x.device)) is x and len(calls) == 1
 
 
 def test_softcap_is_the_tanh_formula_and_bounds_the_logits():

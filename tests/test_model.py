@@ -355,6 +355,14 @@ def test_explicit_attention_computes_what_the_fused_kernel_computes(dropout):
     cache = explicit.new_cache()
     explicit(idx[:, :6], cache=cache)
     torch.testing.assert_close(explicit(idx[:, 6:], cache=cache)[0], fused(idx)[0][:, 6:], rtol=1e-5, atol=1e-5)
+    if not dropout:  # and the same gradients, which training takes through the fused scale-and-mask
+        grads = []
+        for model in (explicit, fused):
+            model.zero_grad()
+            model(idx, idx)[1].backward()
+            grads.append({n: p.grad for n, p in model.named_parameters()})
+        for name, grad in grads[0].items():
+            torch.testing.assert_close(grad, grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
     if dropout:  # in training, dropout acts on the attention weights: outputs vary from call to call
         explicit.train()
         assert not torch.allclose(explicit(idx)[0], explicit(idx)[0])

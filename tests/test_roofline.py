@@ -5,7 +5,15 @@ import torch
 
 from gpt.config import ModelConfig
 from gpt.model import GPT
-from gpt.roofline import Cost, limit_seconds, matmul_throughput, memory_bandwidth, pass_cost, weight_count
+from gpt.roofline import (
+    Cost,
+    decode_matmul_seconds,
+    limit_seconds,
+    matmul_throughput,
+    memory_bandwidth,
+    pass_cost,
+    weight_count,
+)
 
 
 @pytest.mark.parametrize(
@@ -39,3 +47,21 @@ def test_the_limit_is_the_slower_of_memory_and_compute():
 def test_the_machine_measures_are_positive_rates():
     assert memory_bandwidth(mib=8, repeats=1) > 1e6  # bytes/s
     assert matmul_throughput(4, 32, 32, torch.float32, repeats=1) > 1e6  # FLOP/s
+
+
+def test_decode_step_matmuls_multiply_by_every_weight_matrix_of_the_model(monkeypatch):
+    """The timed products are the model's: one per Linear of the blocks and the head, in its shape, each a
+    separate tensor (a shared one would sit in a CPU cache and flatter the kernels)."""
+    import gpt.roofline
+
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11, bias=False, tie_head=False)
+    calls = []
+    linear = gpt.roofline.F.linear
+    monkeypatch.setattr(gpt.roofline.F, "linear", lambda x, w: calls.append((x.shape, w)) or linear(x, w))
+    assert decode_matmul_seconds(cfg, rows=3, dtype=torch.float32, repeats=1) > 0
+    step = calls[: len(calls) // 2]  # one untimed call, then one timed
+    model = GPT(cfg)
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert sorted(tuple(w.shape) for _, w in step) == sorted(tuple(w.shape) for w in linears)
+    assert all(x[0] == 3 for x, _ in step)
+    assert len({w.data_ptr() for _, w in step}) == len(step)
