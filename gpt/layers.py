@@ -25,10 +25,11 @@ def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
 
     In float32 whatever x's dtype. Eagerly, each channel pair (a, b) is the complex number a + ib
     times cos + i sin: one kernel forward and one backward, a third of the time of the pairwise form
-    on a CPU. Under torch.compile, which cannot fuse complex numbers, the same rotation written out
-    in real numbers (``rotate_pairs``). The two differ in rounding only (tests/test_layers.py).
+    on a CPU. Under torch.compile, which cannot fuse complex numbers, and on devices other than CPUs
+    and CUDA GPUs (whose complex support varies), the same rotation written out in real numbers
+    (``rotate_pairs``). The two differ in rounding only (tests/test_layers.py).
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or x.device.type not in ("cpu", "cuda"):
         return rotate_pairs(x, rotation)
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, T, H, hs/2) complex
     return torch.view_as_real(pairs * torch.view_as_complex(rotation)).flatten(-2).to(x.dtype)  # (B, T, H, hs)

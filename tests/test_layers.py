@@ -28,12 +28,16 @@ def test_eager_and_compiled_rope_forms_rotate_alike(dtype):
     torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
 
 
-def test_compiled_rope_takes_the_real_form(monkeypatch):
+def test_compiled_rope_and_other_devices_take_the_real_form(monkeypatch):
     calls = []
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     monkeypatch.setattr(gpt.layers, "rotate_pairs", lambda x, rotation: calls.append(x) or x)
     x = torch.randn(1, 4, 2, 8)
-    assert apply_rope(x, rope_rotation(8, 10000.0, 0, 4, x.device)) is x and len(calls) == 1
+    rotation = rope_rotation(8, 10000.0, 0, 4, x.device)
+    assert apply_rope(x, rotation) is not x and not calls  # eager on a CPU: the complex form
+    on_meta = x.to("meta")  # a device other than a CPU or a CUDA GPU
+    assert apply_rope(on_meta, rotation.to("meta")) is on_meta and len(calls) == 1
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert apply_rope(x, rotation) is x and len(calls) == 2
 
 
 def test_softcap_is_the_tanh_formula_and_bounds_the_logits():
