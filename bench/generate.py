@@ -155,11 +155,9 @@ def measure_machine(dtypes: list[str]) -> dict[str, float]:
     """The machine's limits, measured now with torch's default threads (see the module doc)."""
     import torch
 
-    from gpt.config import load_config
     from gpt.roofline import decode_matmul_seconds, matmul_throughput, memory_bandwidth
 
-    cfg = load_config(["shakespeare_char"]).model
-    cfg.vocab_size = 65  # Shakespeare's characters
+    cfg, _ = bench_model("learned")  # the matrices do not depend on the positions
     found = {"bandwidth": memory_bandwidth()}
     for dtype in dtypes:
         found[f"square {dtype}"] = matmul_throughput(2048, 2048, 2048, getattr(torch, dtype))
@@ -181,12 +179,15 @@ def limit_seconds(passes: list, dtype: str, machine: dict[str, float], cfg) -> f
     return sum(roofline.limit_seconds(c, machine["bandwidth"], throughput) for c in costs)
 
 
-def roofline_weight_bytes(cfg, dtype: str) -> int:
-    import torch
+def bench_model(position: str):
+    """The shakespeare_char model config with these positions and Shakespeare's characters: (config, tokenizer)."""
+    from gpt.config import load_config
+    from gpt.tokenizer import ASSETS, CharTokenizer
 
-    from gpt.roofline import weight_count
-
-    return weight_count(cfg) * getattr(torch, dtype).itemsize
+    tokenizer = CharTokenizer.from_text((ASSETS / "tinyshakespeare.txt").read_text(encoding="utf-8"))
+    cfg = load_config(["shakespeare_char"]).model
+    cfg.vocab_size, cfg.position = tokenizer.vocab_size, position
+    return cfg, tokenizer
 
 
 def make_export(folder: Path, position: str):
@@ -194,13 +195,9 @@ def make_export(folder: Path, position: str):
     import torch
 
     from gpt.checkpoint import save_weights, write_export
-    from gpt.config import load_config
     from gpt.model import build_model
-    from gpt.tokenizer import ASSETS, CharTokenizer
 
-    tokenizer = CharTokenizer.from_text((ASSETS / "tinyshakespeare.txt").read_text(encoding="utf-8"))
-    cfg = load_config(["shakespeare_char"]).model
-    cfg.vocab_size, cfg.position = tokenizer.vocab_size, position
+    cfg, tokenizer = bench_model(position)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -266,10 +263,14 @@ def report(group: str, cases: list[str], runs: dict[str, list[dict]], machine: d
         f"machine (best of {repeats} rounds): read bandwidth {machine['bandwidth'] / 1e9:.1f} GB/s; matmul "
         + "; ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in machine.items() if k.startswith(("square", "decode")))
     )
+    import torch
+
+    from gpt.roofline import weight_count
+
     cfg = next(iter(cfgs.values()))
     for dtype in sorted({CASES[c].dtype for c in cases}):
         seconds = machine[f"step matmuls s {dtype}"]
-        weight_bytes = roofline_weight_bytes(cfg, dtype)
+        weight_bytes = weight_count(cfg) * getattr(torch, dtype).itemsize
         rate = weight_bytes / seconds
         print(
             f"one decode step's matrix products alone, {dtype}: {seconds * 1e3:.2f} ms, {weight_bytes / 1e6:.0f} MB "

@@ -104,9 +104,8 @@ class CausalSelfAttention(nn.Module):
             scale = 1.0 / math.sqrt(hs)
             if mask is None and not causal:
                 att = (q @ k.transpose(-2, -1)) * scale  # (B, nh, 1, P+1): nothing to mask
-            else:  # scale * q k^T plus a bias of 0 where a key is seen and -inf where not, in one op
-                seen = mask if mask is not None else torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-                bias = torch.zeros(seen.shape, dtype=q.dtype, device=x.device).masked_fill(~seen, float("-inf"))
+            else:  # scale * q k^T plus a bias of -inf where query i may not see a key (past the key P+i), in one op
+                bias = torch.full((T, past + T), float("-inf"), dtype=q.dtype, device=x.device).triu(past + 1)
                 att = torch.baddbmm(bias, q.flatten(0, 1), k.flatten(0, 1).transpose(-2, -1), alpha=scale)
                 att = att.view(B, nh, T, -1)  # (B, nh, T, P+T)
             att = F.dropout(F.softmax(att, dim=-1), dropout, self.training)
